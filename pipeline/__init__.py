@@ -1,0 +1,1 @@
+"""Distillation pipeline: detection datasets -> teacher embeddings -> verified shards."""
