@@ -1,0 +1,55 @@
+"""Turn annotation boxes into a clipped, validated ImageRecord (shared by every reader)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.datasets.stats import StatsCollector
+from pipeline.records import ImageRecord
+
+MIN_BOX_SIDE_PX = 2.0
+
+
+def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    xywh = np.asarray(xywh, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+
+
+def build_record(
+    stats: StatsCollector,
+    *,
+    image: str,
+    width: int,
+    height: int,
+    xyxy: np.ndarray,
+    identities: np.ndarray,
+    ignore: np.ndarray,
+    keep_identities: bool = True,
+    sequence: str = "",
+    frame: int = -1,
+) -> ImageRecord:
+    """Clip boxes to the image, mark boxes under MIN_BOX_SIDE_PX as ignore, count both.
+
+    A box with negative width or height collapses to zero size and so becomes degenerate.
+    """
+    xyxy = np.array(xyxy, dtype=np.float64).reshape(-1, 4)
+    xyxy[:, 2:] = np.maximum(xyxy[:, 2:], xyxy[:, :2])
+    limits = np.array([width, height, width, height], dtype=np.float64)
+    was_clipped = ((xyxy < 0) | (xyxy > limits)).any(axis=1)
+    clipped = np.clip(xyxy, 0.0, limits)
+    degenerate = (clipped[:, 2:] - clipped[:, :2] < MIN_BOX_SIDE_PX).any(axis=1)
+    identities = np.asarray(identities, dtype=np.int64).reshape(-1)
+    if not keep_identities:
+        identities = np.full_like(identities, -1)
+    record = ImageRecord(
+        image=image,
+        width=int(width),
+        height=int(height),
+        boxes=clipped.astype(np.float32),
+        identities=identities,
+        ignore=np.asarray(ignore, dtype=bool).reshape(-1) | degenerate,
+        sequence=sequence,
+        frame=frame,
+    )
+    stats.count_record(record, clipped=int(was_clipped.sum()), degenerate=int(degenerate.sum()))
+    return record
