@@ -1,0 +1,137 @@
+"""Distillation throughput: whole pipeline vs the bare teacher, on the same real crops.
+
+    python benchmarks/distill_throughput.py [--frames 120] [--teachers osnet_x0_25 osnet_x1_0]
+
+For each teacher and shard format, in one run:
+- bare teacher: a tight loop of ``embed_tensor`` over pre-cut, pre-processed
+  batches of every box (torch using all cores), boxes/s;
+- pipeline: ``pipeline.runner.distill`` on the same images (read, decode, crop,
+  teacher, write shards; Dask LocalCluster, one torch thread per worker), boxes/s
+  measured from the first task submitted to the last shard written, and end to
+  end including the cluster's start.
+Random teacher weights are used (timing only). The last line is
+``distill efficiency: <ratio>`` for osnet_x1_0 with Parquet (steady state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _pets_records(frames: int):
+    from pipeline import datasets
+
+    manifest = datasets.load_manifest("pets09-s2l1-half1")
+    root = datasets.resolve_root(manifest, None)
+    records, stats = datasets.read_records(manifest, "all", root)
+    records = records[:frames]
+    source_bytes = datasets.check_images_exist(records, root)
+    return manifest, root, records, stats, source_bytes
+
+
+def bare_teacher_boxes_per_second(teacher, root: Path, records, repeats: int = 1) -> float:
+    import cv2
+    import torch
+
+    crops = []
+    for record in records:
+        keep = ~record.ignore
+        if keep.any():
+            image = cv2.imread(str(root / record.image))
+            crops.append(teacher.preprocess_crops(image, record.boxes[keep]))
+    batch_size = teacher.config.batch_size
+    everything = torch.cat(crops)
+    batches = [everything[i : i + batch_size] for i in range(0, len(everything), batch_size)]
+    teacher.embed_tensor(batches[0])  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for batch in batches:
+            teacher.embed_tensor(batch)
+    return repeats * len(everything) / (time.perf_counter() - started)
+
+
+def pipeline_boxes_per_second(
+    teacher, manifest, root, records, stats, source_bytes, fmt, workers, shard_size
+):
+    from pipeline.runner import ClusterConfig, DistillRequest, distill
+
+    with tempfile.TemporaryDirectory() as out:
+        request = DistillRequest(
+            dataset_name=manifest.name,
+            split="bench",
+            dataset_root=Path(root),
+            dataset_fingerprint="bench",
+            records=tuple(records),
+            source_bytes=source_bytes,
+            reader_stats=stats.as_dict(),
+            out_dir=Path(out) / "shards",
+            format=fmt,
+            shard_size=shard_size,
+            allow_random_teacher=True,
+        )
+        started = time.perf_counter()
+        report = distill(request, teacher, ClusterConfig(workers=workers))
+        end_to_end = time.perf_counter() - started
+    boxes = report.boxes_embedded_now
+    return boxes / report.seconds, boxes / end_to_end, boxes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=120, help="PETS09 frames to use (about 6 boxes each)")
+    parser.add_argument("--teachers", nargs="+", default=["osnet_x0_25", "osnet_x1_0"])
+    parser.add_argument("--formats", nargs="+", default=["parquet", "hdf5"])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--shard-size", type=int, default=8, help="images per shard (small: balanced workers)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import torchvision_compat  # noqa: F401
+    from teacher import TeacherConfig, build_teacher
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    manifest, root, records, stats, source_bytes = _pets_records(args.frames)
+    print(
+        f"{len(records)} PETS09 frames, {sum(r.num_embeddable for r in records)} boxes, "
+        f"{args.workers} workers, torch {torch.__version__}, {os.cpu_count()} cores"
+    )
+    print(
+        f"{'teacher':<12} {'format':<8} {'bare box/s':>10} {'pipe box/s':>10} {'e2e box/s':>10} "
+        f"{'ratio':>6} {'e2e ratio':>9}"
+    )
+    efficiency = None
+    for name in args.teachers:
+        config = TeacherConfig(name=name, weights=None, batch_size=args.batch_size)
+        teacher = build_teacher(config, allow_random_weights=True)
+        torch.set_num_threads(os.cpu_count() or 2)
+        bare = bare_teacher_boxes_per_second(teacher, Path(root), records)
+        for fmt in args.formats:
+            steady, end_to_end, _ = pipeline_boxes_per_second(
+                teacher, manifest, root, records, stats, source_bytes, fmt, args.workers, args.shard_size
+            )
+            print(
+                f"{name:<12} {fmt:<8} {bare:>10.1f} {steady:>10.1f} {end_to_end:>10.1f} "
+                f"{steady / bare:>6.2f} {end_to_end / bare:>9.2f}",
+                flush=True,
+            )
+            if name == "osnet_x1_0" and fmt == "parquet":
+                efficiency = steady / bare
+    if efficiency is not None:
+        print(f"distill efficiency: {efficiency:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Drive a distillation run: plan shards, skip complete ones, run the rest on Dask, write the manifest."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import EmptyDatasetError, PipelineError
+from pipeline.plan import (
+    PARTIAL_DIR,
+    PlannedShard,
+    RunIdentity,
+    find_complete,
+    plan_shards,
+    prepare_output,
+    remove_stale_shards,
+)
+from pipeline.records import ImageRecord
+from pipeline.shards.manifest import DatasetInfo, ShardEntry, ShardManifest, write_manifest
+from pipeline.worker import ShardJob, ShardResult, run_shard_job
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where tasks run. ``scheduler`` None starts a LocalCluster of ``workers`` processes."""
+
+    workers: int = 2
+    scheduler: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True)
+class DistillRequest:
+    dataset_name: str
+    split: str
+    dataset_root: Path
+    dataset_fingerprint: str
+    records: tuple[ImageRecord, ...]
+    source_bytes: int
+    reader_stats: dict
+    out_dir: Path
+    format: str = "parquet"
+    dtype: str = "float16"
+    shard_size: int = 64
+    overwrite: bool = False
+    allow_random_teacher: bool = False
+
+
+@dataclass
+class DistillReport:
+    out_dir: Path
+    manifest: ShardManifest
+    shards_written: int
+    shards_reused: int
+    seconds: float
+    boxes_embedded_now: int
+    setup_seconds: float = 0.0
+    teacher_seconds: float = 0.0
+    worker_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def boxes_per_second(self) -> float:
+        return self.boxes_embedded_now / self.seconds if self.seconds > 0 else 0.0
+
+
+ProgressCallback = Callable[[ShardResult], None]
+
+
+@dataclass
+class _Timing:
+    """Cluster start-up (workers spawned, connected) vs the shard work itself."""
+
+    setup_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+
+def distill(
+    request: DistillRequest,
+    teacher,
+    cluster: ClusterConfig,
+    progress: ProgressCallback | None = None,
+) -> DistillReport:
+    """Write every missing shard of ``request`` and the manifest. ``teacher`` is built by the caller."""
+    if not request.records:
+        raise EmptyDatasetError(
+            f"dataset {request.dataset_name} split {request.split!r} selects no images "
+            f"under {request.dataset_root}"
+        )
+    identity = RunIdentity(
+        dataset=request.dataset_name,
+        split=request.split,
+        dataset_fingerprint=request.dataset_fingerprint,
+        teacher_id=teacher.fingerprint_id(),
+        format=request.format,
+        dtype=request.dtype,
+        shard_size=request.shard_size,
+    )
+    out_dir = request.out_dir
+    prepare_output(out_dir, request.overwrite)
+    shards = plan_shards(list(request.records), identity)
+    complete = find_complete(out_dir, shards)
+    remove_stale_shards(out_dir, shards, request.format)
+    todo = [s for s in shards if s.index not in complete]
+    metadata = {
+        "schema_version": 1,
+        "dataset": request.dataset_name,
+        "split": request.split,
+        "teacher_id": identity.teacher_id,
+        "embedding_dim": teacher.dim,
+        "dtype": request.dtype,
+    }
+    jobs = [
+        ShardJob(
+            shard=s,
+            out_dir=str(out_dir),
+            dataset_root=str(request.dataset_root),
+            format=request.format,
+            dtype=request.dtype,
+            teacher_config=teacher.config,
+            allow_random_teacher=request.allow_random_teacher,
+            metadata=metadata,
+        )
+        for s in todo
+    ]
+    timing = _Timing()
+    results = _run_jobs(jobs, cluster, progress, timing) if jobs else []
+    entries = {**complete, **{r.entry.index: r.entry for r in results}}
+    manifest = _manifest(request, identity, teacher, shards, entries)
+    write_manifest(out_dir, manifest)
+    if (out_dir / PARTIAL_DIR).exists():
+        # The manifest now records every shard; completion records are only needed mid-run.
+        shutil.rmtree(out_dir / PARTIAL_DIR)
+    return DistillReport(
+        out_dir=out_dir,
+        manifest=manifest,
+        shards_written=len(results),
+        shards_reused=len(complete),
+        seconds=timing.compute_seconds,
+        setup_seconds=timing.setup_seconds,
+        boxes_embedded_now=sum(r.entry.embeddings for r in results),
+        teacher_seconds=sum(r.teacher_seconds for r in results),
+        worker_seconds=sum(r.seconds for r in results),
+    )
+
+
+def _manifest(request, identity, teacher, shards: list[PlannedShard], entries: dict[int, ShardEntry]):
+    return ShardManifest(
+        format=request.format,
+        dtype=request.dtype,
+        embedding_dim=teacher.dim,
+        shard_size=request.shard_size,
+        dataset=DatasetInfo(
+            name=request.dataset_name,
+            split=request.split,
+            root=str(Path(request.dataset_root).resolve()),
+            fingerprint=request.dataset_fingerprint,
+            images=len(request.records),
+            boxes=sum(r.num_boxes for r in request.records),
+            source_bytes=request.source_bytes,
+        ),
+        teacher=teacher.fingerprint(),
+        teacher_id=identity.teacher_id,
+        shards=tuple(entries[s.index] for s in shards),
+        stats=dict(request.reader_stats),
+    )
+
+
+def _run_jobs(
+    jobs: list[ShardJob], cluster: ClusterConfig, progress: ProgressCallback | None, timing: _Timing
+):
+    started = time.perf_counter()
+    if cluster.scheduler is None and cluster.workers == 0:
+        results = []
+        for job in jobs:
+            result = run_shard_job(job)
+            results.append(result)
+            if progress:
+                progress(result)
+        timing.compute_seconds = time.perf_counter() - started
+        return results
+    from dask.distributed import as_completed
+
+    with _client(cluster) as client:
+        timing.setup_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        # Largest shards first: fewer idle workers at the end of the run.
+        ordered = sorted(jobs, key=lambda j: -j.shard.num_embeddable)
+        futures = [
+            client.submit(
+                run_shard_job,
+                job,
+                key=f"distill-{job.shard.file}-{job.shard.plan_key[:12]}",
+                priority=len(ordered) - rank,
+                pure=False,
+            )
+            for rank, job in enumerate(ordered)
+        ]
+        results = []
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                results.append(result)
+                if progress:
+                    progress(result)
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+        timing.compute_seconds = time.perf_counter() - started
+        return results
+
+
+def _client(cluster: ClusterConfig):
+    from dask.distributed import Client, LocalCluster
+
+    if cluster.scheduler is not None:
+        security = None
+        if cluster.tls_ca_file or cluster.tls_cert or cluster.tls_key:
+            from distributed.security import Security
+
+            security = Security(
+                tls_ca_file=cluster.tls_ca_file,
+                tls_client_cert=cluster.tls_cert,
+                tls_client_key=cluster.tls_key,
+                require_encryption=True,
+            )
+        try:
+            return Client(cluster.scheduler, security=security, timeout="30s")
+        except OSError as error:
+            raise PipelineError(f"cannot reach the Dask scheduler at {cluster.scheduler}: {error}") from error
+    local = LocalCluster(
+        n_workers=max(1, cluster.workers),
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+        silence_logs=40,
+    )
+    return _OwningClient(local)
+
+
+class _OwningClient:
+    """A Client that closes its LocalCluster with it."""
+
+    def __init__(self, local):
+        from dask.distributed import Client
+
+        self._cluster = local
+        self._client = Client(local)
+
+    def __enter__(self):
+        return self._client
+
+    def __exit__(self, *exc):
+        self._client.close()
+        self._cluster.close()
+        return False

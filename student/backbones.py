@@ -1,0 +1,193 @@
+"""Backbones with a P3-P7 feature pyramid, and loading of local ImageNet weights.
+
+All backbones use ``FrozenBatchNorm2d`` (training batches are small) and feed
+an FPN whose P6 and P7 come from P5 (``LastLevelP6P7(256, 256)``).
+
+MobileNetV2 taps the last block of the stride-8, -16 and -32 stages
+(``features`` 6, 13, 18; 32, 96 and 1280 channels) rather than using
+torchvision's ``mobilenet_backbone(fpn=True)``, which returns two stride-32
+maps and nothing at stride 8, where small pedestrians live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import mobilenet_v2, resnet18, resnet34, resnet50
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .config import ModelConfig
+
+
+class BackboneWeightsError(ValueError):
+    """A backbone weights file does not fit the backbone."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """How to cut a classification network into an FPN body."""
+
+    build_classifier_network: Callable[[], nn.Module]
+    # classification network -> the module whose children IntermediateLayerGetter walks
+    feature_module: Callable[[nn.Module], nn.Module]
+    return_layers: Mapping[str, str]
+    in_channels: tuple[int, int, int]
+    # child names per stage, shallowest first; the last N stages are trainable
+    stages: tuple[tuple[str, ...], ...]
+
+
+def _resnet_spec(constructor: Callable[..., nn.Module], channels: tuple[int, int, int]) -> BackboneSpec:
+    return BackboneSpec(
+        build_classifier_network=lambda: constructor(weights=None, norm_layer=FrozenBatchNorm2d),
+        feature_module=lambda network: network,
+        return_layers={"layer2": "C3", "layer3": "C4", "layer4": "C5"},
+        in_channels=channels,
+        stages=(("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)),
+    )
+
+
+BACKBONE_SPECS: dict[str, BackboneSpec] = {
+    "resnet18_fpn": _resnet_spec(resnet18, (128, 256, 512)),
+    "resnet34_fpn": _resnet_spec(resnet34, (128, 256, 512)),
+    "resnet50_fpn": _resnet_spec(resnet50, (512, 1024, 2048)),
+    "mobilenet_v2_fpn": BackboneSpec(
+        build_classifier_network=lambda: mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d),
+        feature_module=lambda network: network.features,
+        return_layers={"6": "C3", "13": "C4", "18": "C5"},
+        in_channels=(32, 96, 1280),
+        stages=tuple(
+            tuple(str(i) for i in range(start, stop))
+            for start, stop in ((0, 2), (2, 4), (4, 7), (7, 14), (14, 19))
+        ),
+    ),
+}
+
+
+def build_backbone(config: ModelConfig) -> BackboneWithFPN:
+    """Randomly initialised backbone + FPN returning P3..P7 (keys "C3", "C4", "C5", "p6", "p7")."""
+    spec = BACKBONE_SPECS[config.backbone]
+    features = spec.feature_module(spec.build_classifier_network())
+    frozen_stages = spec.stages[: len(spec.stages) - config.trainable_backbone_stages]
+    for stage in frozen_stages:
+        for child_name in stage:
+            features.get_submodule(child_name).requires_grad_(False)
+    return BackboneWithFPN(
+        features,
+        return_layers=dict(spec.return_layers),
+        in_channels_list=list(spec.in_channels),
+        out_channels=config.fpn_channels,
+        extra_blocks=LastLevelP6P7(config.fpn_channels, config.fpn_channels),
+    )
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Load a plain tensor state dict (``weights_only=True``; no pickled code is run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights not found: {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise BackboneWeightsError(
+            f"{path} is not a plain tensor state dict loadable with weights_only=True; "
+            "re-save it as {name: tensor} with torch.save(model.state_dict(), ...)"
+        ) from error
+    if isinstance(loaded, Mapping) and "state_dict" in loaded:
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(value, Tensor) for value in loaded.values()
+    ):
+        raise BackboneWeightsError(f"{path} does not hold a {{name: tensor}} state dict")
+    return dict(loaded)
+
+
+def map_by_order(
+    source: Mapping[str, Tensor], target: Mapping[str, Tensor], source_name: str = "source"
+) -> dict[str, Tensor]:
+    """Rename ``source`` tensors onto ``target`` keys position by position.
+
+    For layouts that differ only in module nesting (the old flat MobileNetV2
+    ``conv.{0,1,3,4,6,7}`` against today's ``conv.0.0``, ``conv.0.1``, ...).
+    Each pair must agree in shape and in the last key component (weight, bias,
+    running_mean, running_var), so a shifted or foreign layout fails loudly.
+    """
+    if len(source) != len(target):
+        raise BackboneWeightsError(
+            f"{source_name} has {len(source)} tensors, the backbone expects {len(target)}"
+        )
+    mapped = {}
+    for position, ((source_key, tensor), (target_key, expected)) in enumerate(
+        zip(source.items(), target.items(), strict=True)
+    ):
+        if source_key.rsplit(".", 1)[-1] != target_key.rsplit(".", 1)[-1]:
+            raise BackboneWeightsError(
+                f"{source_name} tensor #{position} {source_key!r} does not correspond to "
+                f"{target_key!r} (different parameter kind)"
+            )
+        if tensor.shape != expected.shape:
+            raise BackboneWeightsError(
+                f"{source_name} tensor #{position} {source_key!r} has shape {tuple(tensor.shape)}, "
+                f"{target_key!r} needs {tuple(expected.shape)}"
+            )
+        mapped[target_key] = tensor
+    return mapped
+
+
+def _without(state: Mapping[str, Tensor], prefixes: tuple[str, ...]) -> dict[str, Tensor]:
+    """Drop classifier heads and BN step counters (FrozenBatchNorm2d has none)."""
+    return {
+        key: value
+        for key, value in state.items()
+        if not key.startswith(prefixes) and not key.endswith("num_batches_tracked")
+    }
+
+
+def load_backbone_weights(backbone: BackboneWithFPN, backbone_name: str, path: str | Path) -> None:
+    """Load local ImageNet weights into ``backbone.body`` (the FPN stays randomly initialised).
+
+    - ``mobilenet_v2_fpn``: a MobileNetV2 ``features.*`` state dict, old flat or current
+      nested layout (``classifier.*`` dropped), mapped by order with shape checks.
+    - ``resnet*_fpn``: a torchvision ResNet state dict (``fc.*`` dropped), matched by name.
+    """
+    source = read_state_dict(path)
+    body = backbone.body
+    target = body.state_dict()
+    if backbone_name == "mobilenet_v2_fpn":
+        features = {
+            key.removeprefix("features."): value
+            for key, value in _without(source, ("classifier.",)).items()
+        }
+        mapped = map_by_order(features, target, source_name=str(path))
+        mismatched_blocks = [
+            (s, t) for s, t in zip(features, mapped, strict=True) if s.split(".")[0] != t.split(".")[0]
+        ]
+        if mismatched_blocks:
+            raise BackboneWeightsError(
+                f"{path}: tensor {mismatched_blocks[0][0]!r} would land in block "
+                f"{mismatched_blocks[0][1]!r}; the layouts do not correspond"
+            )
+    elif backbone_name in BACKBONE_SPECS:
+        mapped = _without(source, ("fc.",))
+        missing = sorted(set(target) - set(mapped))
+        unexpected = sorted(set(mapped) - set(target))
+        if missing or unexpected:
+            raise BackboneWeightsError(
+                f"{path} does not fit {backbone_name}: missing {missing[:5]} "
+                f"({len(missing)} in all), unexpected {unexpected[:5]} ({len(unexpected)} in all)"
+            )
+        for key, expected in target.items():
+            if mapped[key].shape != expected.shape:
+                raise BackboneWeightsError(
+                    f"{path}: {key!r} has shape {tuple(mapped[key].shape)}, "
+                    f"{backbone_name} needs {tuple(expected.shape)}"
+                )
+    else:
+        raise BackboneWeightsError(f"unknown backbone {backbone_name!r}")
+    body.load_state_dict(mapped, strict=True)
