@@ -32,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
             "Datasets are described by YAML manifests in manifests/ (--list-datasets). Teacher weights "
             "are local files from the torchreid model zoo; nothing is downloaded."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     source = parser.add_argument_group("dataset")
     which = source.add_mutually_exclusive_group()
@@ -43,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--list-datasets", action="store_true", help="list the known datasets and exit")
 
     model = parser.add_argument_group("teacher")
-    model.add_argument("--teacher", default=DEFAULT_TEACHER, choices=TEACHER_NAMES, help="re-ID architecture")
+    model.add_argument(
+        "--teacher",
+        default=DEFAULT_TEACHER,
+        choices=TEACHER_NAMES,
+        help="re-ID architecture (default %(default)s, as in the paper)",
+    )
     model.add_argument(
         "--teacher-weights",
         type=Path,
@@ -56,16 +60,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow loading a weights file that is a full pickle not in the known model-zoo list "
         "(pickles can run code: only for files you trust)",
     )
-    model.add_argument("--batch-size", type=int, default=64, help="crops per teacher forward pass")
-    model.add_argument("--device", default="cpu", help="torch device for the teacher, e.g. cpu or cuda:0")
+    model.add_argument(
+        "--batch-size", type=int, default=64, help="crops per teacher forward pass (default %(default)s)"
+    )
+    model.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for the teacher, e.g. cpu or cuda:0 (default %(default)s)",
+    )
 
     output = parser.add_argument_group("output")
     output.add_argument(
         "--out", type=Path, help="shard directory (default: out/shards/<dataset>-<split>-<teacher>)"
     )
-    output.add_argument("--format", choices=FORMATS, default="parquet", help="shard file format")
-    output.add_argument("--dtype", choices=DTYPES, default="float16", help="stored embedding precision")
-    output.add_argument("--shard-size", type=int, default=64, help="images per shard (one Dask task each)")
+    output.add_argument(
+        "--format", choices=FORMATS, default="parquet", help="shard file format (default %(default)s)"
+    )
+    output.add_argument(
+        "--dtype", choices=DTYPES, default="float16", help="stored embedding precision (default %(default)s)"
+    )
+    output.add_argument(
+        "--shard-size",
+        type=int,
+        default=64,
+        help="images per shard, one Dask task each (default %(default)s)",
+    )
     output.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier run")
 
     compute = parser.add_argument_group("compute")
@@ -73,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="LocalCluster worker processes (one torch thread each); 0 runs in this process without Dask",
+        help="LocalCluster worker processes (one torch thread each; default %(default)s); 0 runs in this process without Dask",
     )
     compute.add_argument(
         "--scheduler",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -238,7 +239,9 @@ def _client(cluster: ClusterConfig):
         processes=True,
         dashboard_address=None,
         host="127.0.0.1",
-        silence_logs=40,
+        # Task errors reach us through future.result(); worker log noise at shutdown (closed
+        # heartbeat streams) would only confuse the summary.
+        silence_logs=logging.CRITICAL,
     )
     return _OwningClient(local)
 
