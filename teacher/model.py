@@ -142,7 +142,9 @@ def build_teacher(config: TeacherConfig, *, allow_random_weights: bool = False) 
         model = _build_architecture(config.name)
         weights_sha256 = RANDOM_WEIGHTS
     else:
-        weights = read_weights_file(config.weights, architecture=config.name, trust_pickle=config.trust_pickle)
+        weights = read_weights_file(
+            config.weights, architecture=config.name, trust_pickle=config.trust_pickle
+        )
         model = _build_architecture(config.name)
         _load_backbone(model, weights, config.name)
         weights_sha256 = weights.sha256

@@ -46,5 +46,7 @@ def test_pixels_match_pil_bilinear_then_to_tensor_and_normalize(crop_shape: tupl
     # The reference chain torchreid's FeatureExtractor runs, written out step by step.
     resized = np.asarray(Image.fromarray(crop_bgr[..., ::-1].copy()).resize((128, 256), Image.BILINEAR))
     tensor = torch.from_numpy(resized.copy()).permute(2, 0, 1).float().div(255)
-    expected = tensor.sub(torch.tensor(IMAGENET_MEAN).view(3, 1, 1)).div(torch.tensor(IMAGENET_STD).view(3, 1, 1))
+    expected = tensor.sub(torch.tensor(IMAGENET_MEAN).view(3, 1, 1)).div(
+        torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    )
     assert torch.equal(batch[0], expected)

@@ -180,7 +180,9 @@ def test_weights_from_argument_or_environment(tmp_path: Path) -> None:
 
     parser = argparse.ArgumentParser()
     add_teacher_arguments(parser)
-    args = parser.parse_args(["--teacher", "osnet_x0_5", "--trust-teacher-pickle", "--teacher-batch-size", "8"])
+    args = parser.parse_args(
+        ["--teacher", "osnet_x0_5", "--trust-teacher-pickle", "--teacher-batch-size", "8"]
+    )
     config = teacher_config_from_args(args)
     assert (config.name, config.trust_pickle, config.batch_size) == ("osnet_x0_5", True, 8)
     with pytest.raises(TeacherError, match="batch size"):
