@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="address of an existing Dask scheduler (e.g. tcp://10.0.0.5:8786 or tls://…) instead of a LocalCluster; "
         "its workers must see the dataset root and --out at the same paths",
     )
+    compute.add_argument(
+        "--scheduler-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for --scheduler (default %(default)s)",
+    )
     compute.add_argument("--tls-ca-file", help="CA certificate for a tls:// scheduler")
     compute.add_argument("--tls-cert", help="client certificate for a tls:// scheduler")
     compute.add_argument("--tls-key", help="client private key for a tls:// scheduler")
@@ -157,6 +163,7 @@ def run(args) -> DistillReport:
         tls_ca_file=args.tls_ca_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        connect_timeout_s=args.scheduler_timeout,
     )
     if not args.quiet:
         print(

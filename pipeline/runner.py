@@ -33,6 +33,7 @@ class ClusterConfig:
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    connect_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def _client(cluster: ClusterConfig):
                 require_encryption=True,
             )
         try:
-            return Client(cluster.scheduler, security=security, timeout="30s")
+            return Client(cluster.scheduler, security=security, timeout=cluster.connect_timeout_s)
         except OSError as error:
             raise PipelineError(f"cannot reach the Dask scheduler at {cluster.scheduler}: {error}") from error
     local = LocalCluster(

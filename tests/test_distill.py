@@ -310,3 +310,20 @@ def test_killed_run_resumes_to_the_same_shards_as_an_uninterrupted_one(
     theirs = {e.file: e.sha256 for e in read_manifest(reference).shards}
     assert ours == theirs
     assert verify_directory(interrupted)[0] == []
+
+
+def test_runs_on_an_existing_dask_cluster(tmp_path, tiny_manifest, osnet_x0_25_msmt17, distilled):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        out = tmp_path / "cluster"
+        args = _distill_args(tiny_manifest, osnet_x0_25_msmt17, out, "--shard-size", "3")
+        assert distill_main([*args, "--scheduler", cluster.scheduler_address]) == 0
+    assert verify_directory(out)[0] == []
+    assert read_manifest(out).num_boxes == read_manifest(distilled).num_boxes
+
+
+def test_unreachable_scheduler_is_a_clear_error(tmp_path, tiny_manifest, osnet_x0_25_msmt17, capsys):
+    args = _distill_args(tiny_manifest, osnet_x0_25_msmt17, tmp_path / "out", "--shard-size", "3")
+    assert distill_main([*args, "--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout", "2"]) == 2
+    assert "tcp://127.0.0.1:9" in capsys.readouterr().err
