@@ -247,6 +247,7 @@ def test_empty_split_is_a_clear_error(tiny_manifest, osnet_x0_25_msmt17, tmp_pat
     assert "nothing" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:.*(seqinfo.ini claims|gt rows on):UserWarning")
 def test_corrupt_image_names_the_file_and_keeps_finished_shards(
     tmp_path, pets_dir, osnet_x0_25_msmt17, capsys
 ):
