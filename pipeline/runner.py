@@ -21,7 +21,7 @@ from pipeline.plan import (
 )
 from pipeline.records import ImageRecord
 from pipeline.shards.manifest import DatasetInfo, ShardEntry, ShardManifest, write_manifest
-from pipeline.worker import ShardJob, ShardResult, run_shard_job
+from pipeline.worker import ShardJob, ShardResult, run_shard_job, warm_up_worker
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,10 @@ def _run_jobs(
     from dask.distributed import as_completed
 
     with _client(cluster) as client:
+        # Load the teacher on every worker first: a bad weights file fails here, once, and
+        # the shard timings below measure the work itself.
+        first = jobs[0]
+        client.run(warm_up_worker, first.teacher_config, first.allow_random_teacher)
         timing.setup_seconds = time.perf_counter() - started
         started = time.perf_counter()
         # Largest shards first: fewer idle workers at the end of the run.

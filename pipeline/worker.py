@@ -58,11 +58,17 @@ def _teacher_for(config, allow_random: bool):
 
         from teacher import build_teacher
 
-        # One torch thread per worker process: the processes, not the threads, use the cores.
+        # One thread per worker process for torch and cv2: the processes, not threads, use the cores.
         torch.set_num_threads(1)
+        cv2.setNumThreads(1)
         _TEACHERS.clear()
         _TEACHERS[key] = build_teacher(config, allow_random_weights=allow_random)
     return _TEACHERS[key]
+
+
+def warm_up_worker(config, allow_random: bool) -> str:
+    """Build this process's teacher before any task arrives (run on every worker by the driver)."""
+    return _teacher_for(config, allow_random).fingerprint_id()
 
 
 def decode_image(root: Path, record: ImageRecord) -> np.ndarray:
