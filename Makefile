@@ -36,6 +36,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/distill_throughput.py
 	$(BIN)/python benchmarks/association.py
+	$(BIN)/python benchmarks/one_vs_two_stage.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
