@@ -11,6 +11,7 @@ import torchvision_compat
 
 torchvision_compat.import_torchvision()
 
+from .api import load  # noqa: E402
 from .config import LossConfig, ModelConfig  # noqa: E402
 from .inference import Detections, Detector, InputDetections, postprocess  # noqa: E402
 from .losses import LossTerms, StudentCriterion  # noqa: E402
@@ -27,5 +28,6 @@ __all__ = [
     "StudentDetector",
     "StudentOutputs",
     "build_student",
+    "load",
     "postprocess",
 ]
