@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/distill_throughput.py
 	$(BIN)/python benchmarks/association.py
 	$(BIN)/python benchmarks/one_vs_two_stage.py
+	$(BIN)/python benchmarks/student_speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,413 @@
+"""Student speed: training step time and peak memory per backbone, inference frames/s per head.
+
+Part 1, training. For each backbone, one training step is forward + StudentCriterion
+loss + backward + gradient clipping + SGD step, as ``student.trainer`` does it in
+float32 (its default optimiser groups and clipping), on random images with a
+synthetic target: 8 person-shaped boxes per image with random unit 512-d teacher
+embeddings. Each backbone runs in a fresh spawned process so that its peak
+memory is its own: on CPU the worker's peak RSS (``ru_maxrss``, a per-process
+high-water mark) minus its RSS after importing torch, i.e. model + optimiser
+state + activations; on CUDA ``torch.cuda.max_memory_allocated``. ``vs det`` is
+the step time over that of mobilenet_v2_fpn without an embedding head, which is
+always measured first in the same run. Backbones are randomly initialised: this
+measures time, never accuracy.
+
+Part 2, inference. One backbone (mobilenet_v2_fpn by default) in eval mode under
+``torch.inference_mode``: model forward + ``student.inference.postprocess`` on one
+frame, detection-only and with the per-location and per-anchor embedding heads
+at D_s 64, 128 and 512 (TDT Tab. 6's speed trade). The models take turns on each
+frame and the median frames/s is reported with ``fps / fps_det``, the ratio to
+the detection-only model of the same run (interleaving and medians keep other
+processes' load from favouring one model). A random detector scores every anchor
+near the focal prior (0.01), below ``score_thresh``, so postprocessing finds no
+candidates: these numbers are the network's cost, which is what the heads change.
+
+Defaults: 576x768 input (H x W), batch 1, 3 timed steps after 1 warm-up step per
+backbone and 5 timed frames after 1 warm-up frame per head. A resnet50_fpn step
+is several seconds on 2 cores and each worker first spends a few seconds
+importing torch, so these counts keep the whole run within about 6 minutes on
+2 idle cores; raise ``--steps`` / ``--frames`` on a faster machine.
+
+Threads: all cores by default, for numbers from an idle machine. On a machine
+that other processes keep busy, torch's OpenMP threads spin-wait for a taken
+core and everything runs many times slower (measured: a ``--quick`` run took
+2.5 minutes with 2 threads beside three training runs on 2 cores, 16 s with 1);
+use ``--threads 1`` there. ``--quick`` is a smoke test and uses 1 thread.
+
+    python benchmarks/student_speed.py                      # the full run (make bench)
+    python benchmarks/student_speed.py --quick              # seconds: smoke test
+    # training step per head layout of one backbone (what student/step_timing.py did)
+    python benchmarks/student_speed.py --backbones mobilenet_v2_fpn --input 432 576 --batch 2 \\
+        --train-heads detection_only per_location per_anchor --skip-inference
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from student.config import BACKBONE_NAMES, LossConfig, ModelConfig  # noqa: E402
+from student.inference import postprocess  # noqa: E402
+from student.losses import StudentCriterion  # noqa: E402
+from student.model import StudentDetector, build_student  # noqa: E402
+from student.trainer import OptimConfig, build_optimizer  # noqa: E402
+
+BASELINE_BACKBONE = "mobilenet_v2_fpn"
+TEACHER_DIM = 512  # the widest D_s measured; the student regresses the leading D_s dims
+BOXES_PER_IMAGE = 8
+HEAD_LAYOUTS = ("detection_only", "per_location", "per_anchor")
+INFERENCE_EMBEDDING_DIMS = (64, 128, 512)
+
+
+def available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+FULL_DEFAULTS = {
+    "input": (576, 768),
+    "steps": 3,
+    "frames": 5,
+    "backbones": ["resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "mobilenet_v2_fpn"],
+    "threads": available_cores(),
+}
+QUICK_DEFAULTS = {
+    "input": (128, 160),
+    "steps": 2,
+    "frames": 2,
+    "backbones": ["mobilenet_v2_fpn", "resnet18_fpn"],
+    "threads": 1,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadVariant:
+    layout: str  # one of HEAD_LAYOUTS
+    embedding_dim: int  # D_s; 0 for detection_only
+
+    @property
+    def label(self) -> str:
+        if self.layout == "detection_only":
+            return "detection only"
+        return f"{self.layout} D_s={self.embedding_dim}"
+
+    def model_config(self, backbone: str, input_size: tuple[int, int]) -> ModelConfig:
+        layout_fields = {} if self.layout == "detection_only" else {"embedding_head": self.layout}
+        return ModelConfig(
+            backbone=backbone,  # type: ignore[arg-type]
+            embedding_dim=self.embedding_dim,
+            input_height=input_size[0],
+            input_width=input_size[1],
+            **layout_fields,  # type: ignore[arg-type]
+        )
+
+
+DETECTION_ONLY = HeadVariant("detection_only", 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRequest:
+    backbone: str
+    head: HeadVariant
+    input_size: tuple[int, int]
+    batch_size: int
+    warmup_steps: int
+    timed_steps: int
+    threads: int
+    device: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingResult:
+    seconds_per_step: float  # median
+    forward_seconds: float  # median of the forward pass alone
+    peak_memory_mb: float
+
+
+def synthetic_targets(
+    batch_size: int, input_size: tuple[int, int], device: torch.device, generator: torch.Generator
+) -> list[dict[str, torch.Tensor]]:
+    """Person-shaped boxes (width 0.4 x height) inside the image, with random unit teacher embeddings."""
+    height, width = input_size
+    targets = []
+    for _ in range(batch_size):
+        box_heights = height * (0.15 + 0.45 * torch.rand(BOXES_PER_IMAGE, generator=generator))
+        box_sizes = torch.stack([0.4 * box_heights, box_heights], dim=1)
+        centres = torch.rand(BOXES_PER_IMAGE, 2, generator=generator) * torch.tensor([width, height])
+        boxes = torch.cat([centres - box_sizes / 2, centres + box_sizes / 2], dim=1)
+        boxes = boxes.clamp(min=0).minimum(torch.tensor([width, height, width, height]))
+        embeddings = torch.nn.functional.normalize(
+            torch.randn(BOXES_PER_IMAGE, TEACHER_DIM, generator=generator), dim=1
+        )
+        targets.append(
+            {
+                "boxes": boxes.to(device),
+                "ignore": torch.zeros(BOXES_PER_IMAGE, dtype=torch.bool, device=device),
+                "identities": torch.full((BOXES_PER_IMAGE,), -1, device=device),
+                "embeddings": embeddings.to(device),
+            }
+        )
+    return targets
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    scale = 1.0 if sys.platform == "darwin" else 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_training(request: TrainingRequest) -> TrainingResult:
+    """Runs in a fresh worker process: the peak-memory reading must cover this model alone."""
+    torch.set_num_threads(request.threads)
+    torch.manual_seed(0)
+    device = torch.device(request.device)
+    rss_before_model_mb = peak_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    model_config = request.head.model_config(request.backbone, request.input_size)
+    model = build_student(model_config, warn_if_random_backbone=False).to(device).train()
+    criterion = StudentCriterion(LossConfig(), model_config).to(device)
+    optim_config = OptimConfig()
+    named_parameters = list(model.named_parameters()) + list(criterion.named_parameters())
+    optimizer = build_optimizer(named_parameters, optim_config)
+    trainable = [parameter for _, parameter in named_parameters if parameter.requires_grad]
+    images = torch.rand(request.batch_size, 3, *request.input_size, device=device)
+    targets = synthetic_targets(
+        request.batch_size, request.input_size, device, torch.Generator().manual_seed(0)
+    )
+
+    step_seconds, forward_seconds = [], []
+    for _ in range(request.warmup_steps + request.timed_steps):
+        synchronise(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        outputs = model(images)
+        synchronise(device)
+        forward_done = time.perf_counter()
+        criterion(outputs, targets).total.backward()
+        if optim_config.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, optim_config.grad_clip_norm)
+        optimizer.step()
+        synchronise(device)
+        step_seconds.append(time.perf_counter() - start)
+        forward_seconds.append(forward_done - start)
+
+    if device.type == "cuda":
+        peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_memory_mb = peak_rss_mb() - rss_before_model_mb
+    timed = slice(request.warmup_steps, None)
+    return TrainingResult(
+        seconds_per_step=statistics.median(step_seconds[timed]),
+        forward_seconds=statistics.median(forward_seconds[timed]),
+        peak_memory_mb=peak_memory_mb,
+    )
+
+
+def measure_training_in_fresh_process(request: TrainingRequest) -> TrainingResult:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_training, request).result()
+
+
+def measure_inference(
+    models: dict[HeadVariant, StudentDetector],
+    input_size: tuple[int, int],
+    warmup_frames: int,
+    timed_frames: int,
+    device: torch.device,
+) -> dict[HeadVariant, float]:
+    """Median frames/s of forward + postprocess per head variant, the variants taking turns per frame."""
+    frame = torch.rand(1, 3, *input_size, device=device)
+    seconds: dict[HeadVariant, list[float]] = {head: [] for head in models}
+    with torch.inference_mode():
+        for frame_index in range(warmup_frames + timed_frames):
+            for head, model in models.items():
+                synchronise(device)
+                start = time.perf_counter()
+                postprocess(model(frame), model.config)
+                synchronise(device)
+                if frame_index >= warmup_frames:
+                    seconds[head].append(time.perf_counter() - start)
+    return {head: 1.0 / statistics.median(times) for head, times in seconds.items()}
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {requested}: CUDA is not available in this torch build")
+    return device
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: input 128 160, 2 steps, 2 frames, mobilenet_v2_fpn and resnet18_fpn, "
+        "1 thread (explicit options still win)",
+    )
+    parser.add_argument(
+        "--input",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="network input height and width (default 576 768)",
+    )
+    parser.add_argument("--batch", type=int, default=1, help="training images per step (default 1)")
+    parser.add_argument(
+        "--steps", type=int, help="timed training steps per backbone, after --warmup-steps (default 3)"
+    )
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed first steps (default 1)")
+    parser.add_argument(
+        "--frames", type=int, help="timed inference frames per head, after --warmup-frames (default 5)"
+    )
+    parser.add_argument("--warmup-frames", type=int, default=1, help="untimed first frames (default 1)")
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        choices=BACKBONE_NAMES,
+        help="backbones to train (default all four)",
+    )
+    parser.add_argument(
+        "--train-heads",
+        nargs="+",
+        choices=HEAD_LAYOUTS,
+        default=["per_location"],
+        help="head layouts timed in training for every backbone (default per_location)",
+    )
+    parser.add_argument(
+        "--train-dim", type=int, default=128, help="D_s of the training runs' embedding heads (default 128)"
+    )
+    parser.add_argument(
+        "--backbone",
+        choices=BACKBONE_NAMES,
+        default=BASELINE_BACKBONE,
+        help=f"backbone of the inference part (default {BASELINE_BACKBONE})",
+    )
+    parser.add_argument("--skip-training", action="store_true", help="run the inference part only")
+    parser.add_argument("--skip-inference", action="store_true", help="run the training part only")
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    args = parser.parse_args(argv)
+    defaults = QUICK_DEFAULTS if args.quick else FULL_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if min(args.input) <= 0 or args.batch <= 0 or args.steps <= 0 or args.frames <= 0 or args.threads <= 0:
+        parser.error("--input, --batch, --steps, --frames and --threads must be positive")
+    if args.warmup_steps < 0 or args.warmup_frames < 0:
+        parser.error("--warmup-steps and --warmup-frames must be non-negative")
+    if not 0 < args.train_dim <= TEACHER_DIM:
+        parser.error(f"--train-dim must be within 1..{TEACHER_DIM} (the synthetic teacher's size)")
+    return args
+
+
+def run_training_part(args: argparse.Namespace, device: torch.device) -> None:
+    input_size = tuple(args.input)
+    heads = [
+        DETECTION_ONLY if layout == "detection_only" else HeadVariant(layout, args.train_dim)
+        for layout in args.train_heads
+    ]
+    runs = [(BASELINE_BACKBONE, DETECTION_ONLY)]
+    runs += [
+        (backbone, head) for backbone in args.backbones for head in heads if (backbone, head) not in runs
+    ]
+    memory_label = "peak MB" if device.type == "cuda" else "peak RSS MB"
+    print(
+        f"\nTraining step: batch {args.batch}, median of {args.steps} steps after {args.warmup_steps} "
+        "warm-up, one fresh process per row"
+    )
+    print(f"{'backbone':<18} {'head':<24} {'s/step':>8} {'forward s':>10} {memory_label:>12} {'vs det':>7}")
+    baseline_seconds = None
+    for backbone, head in runs:
+        request = TrainingRequest(
+            backbone=backbone,
+            head=head,
+            input_size=input_size,
+            batch_size=args.batch,
+            warmup_steps=args.warmup_steps,
+            timed_steps=args.steps,
+            threads=args.threads,
+            device=str(device),
+        )
+        result = measure_training_in_fresh_process(request)
+        baseline_seconds = baseline_seconds or result.seconds_per_step
+        print(
+            f"{backbone:<18} {head.label:<24} {result.seconds_per_step:>8.3f} {result.forward_seconds:>10.3f} "
+            f"{result.peak_memory_mb:>12.0f} {result.seconds_per_step / baseline_seconds:>6.2f}x",
+            flush=True,
+        )
+    if device.type == "cuda":
+        memory_note = "peak MB: torch.cuda.max_memory_allocated of the worker"
+    else:
+        memory_note = "peak RSS MB: the worker's peak RSS minus its RSS after importing torch"
+    print(f"vs det: s/step over {BASELINE_BACKBONE} detection-only s/step, same run; {memory_note}")
+
+
+def run_inference_part(args: argparse.Namespace, device: torch.device) -> None:
+    input_size = tuple(args.input)
+    heads = [DETECTION_ONLY] + [
+        HeadVariant(layout, dim)
+        for layout in ("per_location", "per_anchor")
+        for dim in INFERENCE_EMBEDDING_DIMS
+    ]
+    torch.manual_seed(0)
+    models = {
+        head: build_student(head.model_config(args.backbone, input_size), warn_if_random_backbone=False)
+        .to(device)
+        .eval()
+        for head in heads
+    }
+    frames_per_second = measure_inference(models, input_size, args.warmup_frames, args.frames, device)
+    baseline_fps = frames_per_second[DETECTION_ONLY]
+    print(
+        f"\nInference: {args.backbone}, forward + postprocess of 1 frame, median of {args.frames} frames "
+        f"after {args.warmup_frames} warm-up, heads taking turns"
+    )
+    print(f"{'head':<24} {'frames/s':>9} {'ms/frame':>9} {'fps/fps_det':>12}")
+    for head, fps in frames_per_second.items():
+        print(f"{head.label:<24} {fps:>9.2f} {1000 / fps:>9.1f} {fps / baseline_fps:>11.2f}x")
+    print("fps/fps_det: frames/s over the detection-only model's, same run")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    height, width = args.input
+    print(
+        f"student speed: torch {torch.__version__}, {args.threads} threads, device {device}, "
+        f"input {height}x{width} (HxW){', quick' if args.quick else ''}"
+    )
+    if not args.skip_training:
+        run_training_part(args, device)
+    if not args.skip_inference:
+        run_inference_part(args, device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
