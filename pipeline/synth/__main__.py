@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.synth.cli import main
+
+sys.exit(main())
