@@ -12,22 +12,27 @@ maps and nothing at stride 8, where small pedestrians live.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models import mobilenet_v2, resnet18, resnet34, resnet50
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from teacher.state_dicts import (
+    StateDictError,
+    map_mobilenet_v2_features,
+    read_state_dict,
+    without_keys,
+)
+
 from .config import ModelConfig
 
-
-class BackboneWeightsError(ValueError):
-    """A backbone weights file does not fit the backbone."""
+# A backbone weights file that does not fit the backbone. The reading and MobileNetV2 layout
+# mapping are shared with the MobileNetV2 teacher, so they share its error type.
+BackboneWeightsError = StateDictError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,68 +92,6 @@ def build_backbone(config: ModelConfig) -> BackboneWithFPN:
     )
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Load a plain tensor state dict (``weights_only=True``; no pickled code is run)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights not found: {path}")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise BackboneWeightsError(
-            f"{path} is not a plain tensor state dict loadable with weights_only=True; "
-            "re-save it as {name: tensor} with torch.save(model.state_dict(), ...)"
-        ) from error
-    if isinstance(loaded, Mapping) and "state_dict" in loaded:
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(value, Tensor) for value in loaded.values()
-    ):
-        raise BackboneWeightsError(f"{path} does not hold a {{name: tensor}} state dict")
-    return dict(loaded)
-
-
-def map_by_order(
-    source: Mapping[str, Tensor], target: Mapping[str, Tensor], source_name: str = "source"
-) -> dict[str, Tensor]:
-    """Rename ``source`` tensors onto ``target`` keys position by position.
-
-    For layouts that differ only in module nesting (the old flat MobileNetV2
-    ``conv.{0,1,3,4,6,7}`` against today's ``conv.0.0``, ``conv.0.1``, ...).
-    Each pair must agree in shape and in the last key component (weight, bias,
-    running_mean, running_var), so a shifted or foreign layout fails loudly.
-    """
-    if len(source) != len(target):
-        raise BackboneWeightsError(
-            f"{source_name} has {len(source)} tensors, the backbone expects {len(target)}"
-        )
-    mapped = {}
-    for position, ((source_key, tensor), (target_key, expected)) in enumerate(
-        zip(source.items(), target.items(), strict=True)
-    ):
-        if source_key.rsplit(".", 1)[-1] != target_key.rsplit(".", 1)[-1]:
-            raise BackboneWeightsError(
-                f"{source_name} tensor #{position} {source_key!r} does not correspond to "
-                f"{target_key!r} (different parameter kind)"
-            )
-        if tensor.shape != expected.shape:
-            raise BackboneWeightsError(
-                f"{source_name} tensor #{position} {source_key!r} has shape {tuple(tensor.shape)}, "
-                f"{target_key!r} needs {tuple(expected.shape)}"
-            )
-        mapped[target_key] = tensor
-    return mapped
-
-
-def _without(state: Mapping[str, Tensor], prefixes: tuple[str, ...]) -> dict[str, Tensor]:
-    """Drop classifier heads and BN step counters (FrozenBatchNorm2d has none)."""
-    return {
-        key: value
-        for key, value in state.items()
-        if not key.startswith(prefixes) and not key.endswith("num_batches_tracked")
-    }
-
-
 def load_backbone_weights(backbone: BackboneWithFPN, backbone_name: str, path: str | Path) -> None:
     """Load local ImageNet weights into ``backbone.body`` (the FPN stays randomly initialised).
 
@@ -160,21 +103,9 @@ def load_backbone_weights(backbone: BackboneWithFPN, backbone_name: str, path: s
     body = backbone.body
     target = body.state_dict()
     if backbone_name == "mobilenet_v2_fpn":
-        features = {
-            key.removeprefix("features."): value
-            for key, value in _without(source, ("classifier.",)).items()
-        }
-        mapped = map_by_order(features, target, source_name=str(path))
-        mismatched_blocks = [
-            (s, t) for s, t in zip(features, mapped, strict=True) if s.split(".")[0] != t.split(".")[0]
-        ]
-        if mismatched_blocks:
-            raise BackboneWeightsError(
-                f"{path}: tensor {mismatched_blocks[0][0]!r} would land in block "
-                f"{mismatched_blocks[0][1]!r}; the layouts do not correspond"
-            )
+        mapped = map_mobilenet_v2_features(source, target, source_name=str(path))
     elif backbone_name in BACKBONE_SPECS:
-        mapped = _without(source, ("fc.",))
+        mapped = without_keys(source, ("fc.",))
         missing = sorted(set(target) - set(mapped))
         unexpected = sorted(set(mapped) - set(target))
         if missing or unexpected:

@@ -8,6 +8,8 @@ from pathlib import Path
 from teacher.config import TeacherConfig
 from teacher.registry import (
     DEFAULT_TEACHER,
+    FETCH_WEIGHTS_COMMAND,
+    MOBILENET_TEACHER,
     MODEL_ZOO_URL,
     TEACHER_NAMES,
     TRUST_PICKLE_OPTION,
@@ -20,12 +22,19 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, default_name: str 
     """Add ``--teacher``, ``--teacher-weights``, ``--trust-teacher-pickle``, ``--teacher-device``,
     ``--teacher-batch-size`` to ``parser``; read them back with :func:`teacher_config_from_args`."""
     group = parser.add_argument_group("re-ID teacher")
-    group.add_argument("--teacher", default=default_name, choices=TEACHER_NAMES, help="re-ID architecture")
+    group.add_argument(
+        "--teacher",
+        default=default_name,
+        choices=TEACHER_NAMES,
+        help=f"teacher architecture (default %(default)s); {MOBILENET_TEACHER} is ImageNet MobileNetV2, "
+        "not re-ID trained, but its weights need no model-zoo download",
+    )
     group.add_argument(
         WEIGHTS_OPTION,
         type=Path,
         default=None,
-        help=f"local torchreid model-zoo weights file (default: ${WEIGHTS_ENV_VAR}); see {MODEL_ZOO_URL}",
+        help=f"local weights file (default: ${WEIGHTS_ENV_VAR}): from the torchreid model zoo "
+        f"({MODEL_ZOO_URL}), or for {MOBILENET_TEACHER} the file `{FETCH_WEIGHTS_COMMAND}` writes",
     )
     group.add_argument(
         TRUST_PICKLE_OPTION,

@@ -1,7 +1,8 @@
-"""The Teacher: a torchreid re-ID network with local weights, its preprocessing and its fingerprint."""
+"""The Teacher: a re-ID (or ImageNet) network with local weights, its preprocessing and its fingerprint."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import warnings
@@ -13,13 +14,14 @@ from torch import nn
 
 from teacher.config import TeacherConfig
 from teacher.errors import RandomTeacherWeightsWarning, TeacherError
+from teacher.mobilenet import MobileNetV2Embedder, load_mobilenet_v2_weights
 from teacher.preprocess import (
     PREPROCESSING_DESCRIPTION,
     PREPROCESSING_VERSION,
     Preprocessor,
     as_boxes,
 )
-from teacher.registry import teacher_spec, weights_hint
+from teacher.registry import TORCHVISION_MOBILENET_V2, TeacherSpec, teacher_spec, weights_hint
 from teacher.weights import WeightsFile, check_backbone_keys, read_weights_file
 
 RANDOM_WEIGHTS = "random"
@@ -129,7 +131,7 @@ def build_teacher(config: TeacherConfig, *, allow_random_weights: bool = False) 
     Without a weights file this is a TeacherError unless ``allow_random_weights`` (unit tests and
     timing benchmarks only), which warns with :class:`RandomTeacherWeightsWarning`.
     """
-    teacher_spec(config.name)
+    spec = teacher_spec(config.name)
     device = _device(config.device)
     if config.weights is None:
         if not allow_random_weights:
@@ -139,14 +141,14 @@ def build_teacher(config: TeacherConfig, *, allow_random_weights: bool = False) 
             RandomTeacherWeightsWarning,
             stacklevel=2,
         )
-        model = _build_architecture(config.name)
+        model = _build_architecture(spec)
         weights_sha256 = RANDOM_WEIGHTS
     else:
         weights = read_weights_file(
             config.weights, architecture=config.name, trust_pickle=config.trust_pickle
         )
-        model = _build_architecture(config.name)
-        _load_backbone(model, weights, config.name)
+        model = _build_architecture(spec)
+        _load_weights(model, weights, spec)
         weights_sha256 = weights.sha256
     model.eval().requires_grad_(False)
     try:
@@ -157,7 +159,14 @@ def build_teacher(config: TeacherConfig, *, allow_random_weights: bool = False) 
     return Teacher(model, config, weights_sha256=weights_sha256)
 
 
-def _load_backbone(model: nn.Module, weights: WeightsFile, architecture: str) -> None:
+def _load_weights(model: nn.Module, weights: WeightsFile, spec: TeacherSpec) -> None:
+    if spec.family == TORCHVISION_MOBILENET_V2:
+        load_mobilenet_v2_weights(model, weights, spec.name)
+    else:
+        _load_torchreid_backbone(model, weights, spec.name)
+
+
+def _load_torchreid_backbone(model: nn.Module, weights: WeightsFile, architecture: str) -> None:
     check_backbone_keys(model.state_dict(), weights, architecture=architecture)
     result = model.load_state_dict(weights.state_dict, strict=False)
     left_out = [k for k in result.missing_keys if not k.startswith("classifier.")]
@@ -172,12 +181,17 @@ def _device(name: str) -> torch.device:
         raise TeacherError(f"invalid teacher device {name!r}: {error}") from error
 
 
-def _build_architecture(name: str) -> nn.Module:
-    build_model = _torchreid_build_model()
+def _build_architecture(spec: TeacherSpec) -> nn.Module:
+    if spec.family == TORCHVISION_MOBILENET_V2:
+        build: Callable[[], nn.Module] = MobileNetV2Embedder
+    else:
+        # pretrained=False: torchreid would otherwise download from Google Drive.
+        build = functools.partial(
+            _torchreid_build_model(), spec.name, num_classes=1, pretrained=False, use_gpu=False
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_RANDOM_INIT_SEED)
-        # pretrained=False: torchreid would otherwise download from Google Drive.
-        return build_model(name, num_classes=1, pretrained=False, use_gpu=False)
+        return build()
 
 
 def _torchreid_build_model() -> Callable[..., nn.Module]:

@@ -2,7 +2,7 @@
 
 Loading policy (see the package docstring): ``torch.load(weights_only=True)`` first. Only when
 that refuses the file because it needs arbitrary unpickling, and the file is either a known
-model-zoo file (sha256 in ``KNOWN_ZOO_WEIGHTS``) or the user said ``trust_pickle``, is it
+weights file (sha256 in ``KNOWN_ZOO_WEIGHTS``) or the user said ``trust_pickle``, is it
 loaded with full pickle, and that is logged. Anything else is a TeacherError.
 """
 
@@ -113,7 +113,7 @@ def check_backbone_keys(
     known = ""
     if weights.zoo_file is not None and weights.zoo_file.architecture != architecture:
         known = (
-            f" This file is the model-zoo file {weights.zoo_file.file_name} for "
+            f" This file is the known weights file {weights.zoo_file.file_name} for "
             f"{weights.zoo_file.architecture}: use --teacher {weights.zoo_file.architecture} with it."
         )
     raise TeacherError(

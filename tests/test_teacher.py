@@ -17,6 +17,7 @@ import torchvision_compat  # noqa: F401  (before torchreid, which imports torchv
 from teacher import (
     RANDOM_WEIGHTS,
     TEACHER_NAMES,
+    TEACHER_SPECS,
     RandomTeacherWeightsWarning,
     Teacher,
     TeacherConfig,
@@ -215,6 +216,6 @@ def test_every_architecture_builds_offline_with_its_dimension(monkeypatch: pytes
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RandomTeacherWeightsWarning)
             teacher = build_teacher(TeacherConfig(name=name), allow_random_weights=True)
-        assert teacher.dim == (2048 if name == "resnet50" else 512), name
+        assert teacher.dim == TEACHER_SPECS[name].dim, name
         embeddings, norms = teacher.embed_images([crop])
         assert embeddings.shape == (1, teacher.dim) and np.isfinite(embeddings).all(), name
