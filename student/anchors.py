@@ -29,9 +29,7 @@ def torchvision_aspect_ratios(width_over_height: Sequence[float]) -> tuple[float
     return tuple(1.0 / ratio for ratio in width_over_height)
 
 
-def cell_anchor_shapes(
-    base_size: float, scales: Sequence[float], aspect_ratios: Sequence[float]
-) -> Tensor:
+def cell_anchor_shapes(base_size: float, scales: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
     """(A, 2) widths and heights of one level's anchors, aspect ratio major, scale minor."""
     shapes = []
     for ratio in aspect_ratios:
@@ -70,9 +68,7 @@ class AnchorGrid:
     ) -> list[Tensor]:
         """One (H_l * W_l * A, 4) tensor per level for feature maps of (H_l, W_l)."""
         if len(feature_sizes) != len(self.strides):
-            raise ValueError(
-                f"expected {len(self.strides)} feature maps, got {len(feature_sizes)}"
-            )
+            raise ValueError(f"expected {len(self.strides)} feature maps, got {len(feature_sizes)}")
         sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
         key = (sizes, torch.device(device), dtype)
         if key not in self._cache:

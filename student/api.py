@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from malloc_tuning import keep_freed_memory
+
 from .checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint
 from .config import ConfigError, ModelConfig
 from .inference import Detector
@@ -29,6 +31,7 @@ def load_student(
     :class:`student.checkpoint.CheckpointError` naming the differing keys
     (inference settings such as thresholds and input size may differ).
     """
+    keep_freed_memory()
     checkpoint = load_checkpoint(checkpoint_path, expected_config=expected_config, map_location="cpu")
     try:
         model_config = ModelConfig.from_dict(checkpoint.model_config)

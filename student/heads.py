@@ -135,8 +135,7 @@ class EmbeddingHead(nn.Module):
             branches = [_EmbeddingBranch(in_channels, width, out_channels, num_norms=num_levels)]
         else:
             branches = [
-                _EmbeddingBranch(in_channels, width, out_channels, num_norms=1)
-                for _ in range(num_levels)
+                _EmbeddingBranch(in_channels, width, out_channels, num_norms=1) for _ in range(num_levels)
             ]
         self.branches = nn.ModuleList(branches)
         self.num_levels = num_levels

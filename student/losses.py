@@ -129,9 +129,7 @@ class StudentCriterion(nn.Module):
     state dict in the checkpoint.
     """
 
-    def __init__(
-        self, loss_config: LossConfig, model_config: ModelConfig, num_identities: int = 0
-    ) -> None:
+    def __init__(self, loss_config: LossConfig, model_config: ModelConfig, num_identities: int = 0) -> None:
         super().__init__()
         self.loss_config = loss_config
         self.embedding_dim = model_config.embedding_dim
@@ -151,9 +149,7 @@ class StudentCriterion(nn.Module):
             self.detection_log_variance = nn.Parameter(
                 torch.tensor(loss_config.initial_detection_log_variance)
             )
-            self.identity_log_variance = nn.Parameter(
-                torch.tensor(loss_config.initial_identity_log_variance)
-            )
+            self.identity_log_variance = nn.Parameter(torch.tensor(loss_config.initial_identity_log_variance))
 
     def forward(self, outputs: StudentOutputs, targets: Sequence[Mapping[str, Tensor]]) -> LossTerms:
         config = self.loss_config
@@ -164,10 +160,7 @@ class StudentCriterion(nn.Module):
         targets = [self._checked_target(target, device) for target in targets]
 
         matches = torch.stack(
-            [
-                assign_anchors(outputs.anchors, target["boxes"], target["ignore"], config)
-                for target in targets
-            ]
+            [assign_anchors(outputs.anchors, target["boxes"], target["ignore"], config) for target in targets]
         )  # (B, A)
         positives = self._positive_matches(matches)
         num_positive = len(positives.anchor_index)
@@ -189,15 +182,11 @@ class StudentCriterion(nn.Module):
         box_deltas = outputs.box_deltas.float()
         predicted_deltas = box_deltas[positives.image_index, positives.anchor_index]
         matched_boxes = self._gather_per_box(targets, "boxes", positives)
-        target_deltas = self.box_coder.encode_single(
-            matched_boxes, outputs.anchors[positives.anchor_index]
-        )
+        target_deltas = self.box_coder.encode_single(matched_boxes, outputs.anchors[positives.anchor_index])
         box_regression = (
             box_huber_loss_sum(predicted_deltas, target_deltas, config.box_huber_delta) / normaliser
         )
-        detection_total = (
-            config.classification_weight * classification + config.box_weight * box_regression
-        )
+        detection_total = config.classification_weight * classification + config.box_weight * box_regression
 
         embedding_l2 = identity_ce = None
         num_embedding = num_identity = 0

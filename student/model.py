@@ -90,12 +90,8 @@ class StudentDetector(nn.Module):
                 per_anchor=config.embedding_head == "per_anchor",
                 share_convs_across_levels=config.share_embedding_convs_across_levels,
             )
-        self.register_buffer(
-            "pixel_mean", torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1), persistent=False
-        )
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1), persistent=False)
 
     def pyramid(self, images: Tensor) -> list[Tensor]:
         """P3..P7 feature maps for RGB [0, 1] images."""

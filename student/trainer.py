@@ -45,6 +45,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from malloc_tuning import keep_freed_memory
 from pipeline.shards import MANIFEST_NAME, open_shards
 
 from .augment import AugmentConfig
@@ -814,6 +815,7 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
 
     The torch thread count is set for the run (``config.run.threads``) and restored afterwards.
     """
+    keep_freed_memory()
     previous_threads = torch.get_num_threads()
     try:
         return _TrainingRun(config, resume=resume, progress=progress).run()

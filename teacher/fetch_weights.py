@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsFetchError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    print(path)
+    print(path, flush=True)
     print(f"use it with: --teacher {MOBILENET_TEACHER} {WEIGHTS_OPTION} {path}", file=sys.stderr)
     return 0
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from malloc_tuning import keep_freed_memory
 from teacher.config import TeacherConfig
 from teacher.errors import RandomTeacherWeightsWarning, TeacherError
 from teacher.mobilenet import MobileNetV2Embedder, load_mobilenet_v2_weights
@@ -131,6 +132,7 @@ def build_teacher(config: TeacherConfig, *, allow_random_weights: bool = False) 
     Without a weights file this is a TeacherError unless ``allow_random_weights`` (unit tests and
     timing benchmarks only), which warns with :class:`RandomTeacherWeightsWarning`.
     """
+    keep_freed_memory()
     spec = teacher_spec(config.name)
     device = _device(config.device)
     if config.weights is None:

@@ -22,7 +22,9 @@ def _records(dim: int = 16) -> list[ShardRecord]:
         xy = rng.uniform(0, 50, (n, 2))
         boxes = np.concatenate([xy, xy + rng.uniform(2, 40, (n, 2))], axis=1).astype(np.float32)
         records.append(
-            ShardRecord(f"img1/{i:06d}.jpg", 100, 90, boxes, np.arange(n) - 1, ignore, emb, norms, "seq", i + 1)
+            ShardRecord(
+                f"img1/{i:06d}.jpg", 100, 90, boxes, np.arange(n) - 1, ignore, emb, norms, "seq", i + 1
+            )
         )
     return records
 

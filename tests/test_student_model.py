@@ -135,9 +135,7 @@ def test_anchors_match_torchvision_generator_with_converted_ratios():
 # --- model, heads ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "backbone", ["resnet18_fpn", "resnet34_fpn", "mobilenet_v2_fpn"]
-)
+@pytest.mark.parametrize("backbone", ["resnet18_fpn", "resnet34_fpn", "mobilenet_v2_fpn"])
 def test_forward_backward_per_backbone(backbone: str):
     model = random_student(backbone=backbone, embedding_dim=8)
     images = torch.rand(1, 3, *SMALL_INPUT)

