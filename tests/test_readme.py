@@ -42,6 +42,7 @@ def test_readme_has_commands_to_check() -> None:
     assert any(command.startswith("python -m demo") for command in commands)
 
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_parses(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     words = shlex.split(command)[1:]
