@@ -128,3 +128,21 @@ def test_real_demo_without_shared_data_is_a_clear_usage_error(tmp_path: Path, ca
     status = demo_main(["--real", "--shared-data", str(tmp_path / "absent"), "--out", str(tmp_path)])
     assert status == 2
     assert "needs the shared real data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_demo_chain_runs_on_pets09_at_tiny_size(
+    pets_dir: Path, osnet_x0_25_msmt17: Path, tmp_path: Path
+) -> None:
+    """make demo-real's chain (PETS09 + OSNet x0.25), with the tiny recipes and two steps."""
+    command = [sys.executable, "-m", "demo", "--real", "--size", "tiny", "--steps", "2", "--threads", "1"]
+    command += ["--shared-data", str(pets_dir.parent), "--out", str(tmp_path)]
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    with open(tmp_path / "compare" / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["tracker"] for row in rows} >= EXPECTED_ROWS
+    assert {row["sequence"] for row in rows} == {"PETS09-S2L1-half1", "OVERALL"}
+    # frames 301-397: 97 frames, of which the first is not timed (warm-up)
+    assert {int(row["frames"]) for row in rows} == {96}
+    assert "real PETS09-S2L1" in completed.stdout
