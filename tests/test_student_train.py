@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
 from student_fixtures import BUSY_PETS_FRAMES, pets_records, write_pets_shard_dir, write_shard_dir
 
 import student
@@ -447,3 +449,34 @@ def _save_untrained(model, config: TrainConfig, shards: Path, path: Path) -> Non
             teacher_id=dataset.teacher_id,
         ),
     )
+
+
+# ---- torchrun ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_and_rank_zero_writes(
+    pets_shards: Path, mobilenet_v2_features: Path, tmp_path
+):
+    """The README's `torchrun --nproc-per-node N -m student.train` on CPU (gloo): two ranks."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "student.train"]
+    command += [
+        "--config",
+        "configs/tiny.yaml",
+        "--shards",
+        str(pets_shards),
+        "--val-shards",
+        str(pets_shards),
+    ]
+    command += ["--backbone-weights", str(mobilenet_v2_features), "--out", str(out), "--max-steps", "2"]
+    command += ["--threads", "1", "--quiet"]
+    completed = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert load_checkpoint(out / "last.pt").step == 2
+    assert (out / "evaluation.json").is_file()
