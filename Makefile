@@ -10,8 +10,9 @@ OUT ?= out
 
 install: $(STAMP)
 
-# torch first, pinned: the local CPU build. constraints.txt then keeps torchvision
-# at 0.28.0 so pip never swaps in a multi-GB CUDA torch (see DESIGN traps).
+# torch first, pinned: the CPU build. constraints.txt then keeps torchvision at 0.28.0,
+# the release matching torch 2.13.0: an unpinned torchvision would make pip replace
+# torch with a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -12,9 +12,9 @@ of the same run.
     OPENBLAS_NUM_THREADS=2 python benchmarks/association.py   # multi-threaded BLAS
 
 numpy's BLAS runs single-threaded here unless OPENBLAS_NUM_THREADS is set:
-the association's matrix products are small, and on a shared 2-core machine a
-second BLAS thread mostly waits for a core (measured 3-5x slower per frame at
-N >= 200 while another process was busy).
+the association's matrix products are small, and where other processes keep
+the cores busy a second BLAS thread mostly waits for a core and makes each
+frame slower.
 """
 
 from __future__ import annotations

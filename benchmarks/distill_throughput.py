@@ -27,15 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _pets_records(frames: int):
-    from pipeline import datasets
+def _pets_frames(frames: int):
+    """The first ``frames`` images of the PETS09 half (a LoadedDataset cut to size)."""
+    import dataclasses
 
-    manifest = datasets.load_manifest("pets09-s2l1-half1")
-    root = datasets.resolve_root(manifest, None)
-    records, stats = datasets.read_records(manifest, "all", root)
-    records = records[:frames]
-    source_bytes = datasets.check_images_exist(records, root)
-    return manifest, root, records, stats, source_bytes
+    from pipeline import datasets
+    from pipeline.job import DatasetSelection, load_dataset
+
+    dataset = load_dataset(DatasetSelection("pets09-s2l1-half1", split="all"))
+    records = dataset.records[:frames]
+    return dataclasses.replace(
+        dataset, records=records, source_bytes=datasets.check_images_exist(records, dataset.root)
+    )
 
 
 def bare_teacher_boxes_per_second(teacher, root: Path, records, repeats: int = 1) -> float:
@@ -59,25 +62,13 @@ def bare_teacher_boxes_per_second(teacher, root: Path, records, repeats: int = 1
     return repeats * len(everything) / (time.perf_counter() - started)
 
 
-def pipeline_boxes_per_second(
-    teacher, manifest, root, records, stats, source_bytes, fmt, workers, shard_size
-):
-    from pipeline.runner import ClusterConfig, DistillRequest, distill
+def pipeline_boxes_per_second(teacher, dataset, fmt, workers, shard_size):
+    from pipeline.job import ShardOutput, distill_request
+    from pipeline.runner import ClusterConfig, distill
 
     with tempfile.TemporaryDirectory() as out:
-        request = DistillRequest(
-            dataset_name=manifest.name,
-            split="bench",
-            dataset_root=Path(root),
-            dataset_fingerprint="bench",
-            records=tuple(records),
-            source_bytes=source_bytes,
-            reader_stats=stats.as_dict(),
-            out_dir=Path(out) / "shards",
-            format=fmt,
-            shard_size=shard_size,
-            allow_random_teacher=True,
-        )
+        output = ShardOutput(out_dir=Path(out) / "shards", format=fmt, shard_size=shard_size)
+        request = distill_request(dataset, output, teacher_name=teacher.name, allow_random_teacher=True)
         started = time.perf_counter()
         report = distill(request, teacher, ClusterConfig(workers=workers))
         end_to_end = time.perf_counter() - started
@@ -101,15 +92,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    import torchvision_compat  # noqa: F401
+    from tdt.process import configure_for_cli
     from teacher import RandomTeacherWeightsWarning, TeacherConfig, build_teacher
 
     # Random weights are the point here (timing only); workers inherit this through the env.
     warnings.simplefilter("ignore", RandomTeacherWeightsWarning)
     os.environ["PYTHONWARNINGS"] = "ignore::UserWarning"
 
-    torch.set_num_threads(os.cpu_count() or 2)
-    manifest, root, records, stats, source_bytes = _pets_records(args.frames)
+    configure_for_cli(torch_threads=os.cpu_count() or 2)
+    dataset = _pets_frames(args.frames)
+    records = dataset.records
     print(
         f"{len(records)} PETS09 frames, {sum(r.num_embeddable for r in records)} boxes, "
         f"{args.workers} workers, torch {torch.__version__}, {os.cpu_count()} cores"
@@ -122,11 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.teachers:
         config = TeacherConfig(name=name, weights=None, batch_size=args.batch_size)
         teacher = build_teacher(config, allow_random_weights=True)
-        torch.set_num_threads(os.cpu_count() or 2)
-        bare = bare_teacher_boxes_per_second(teacher, Path(root), records)
+        bare = bare_teacher_boxes_per_second(teacher, dataset.root, records)
         for fmt in args.formats:
             steady, end_to_end, _ = pipeline_boxes_per_second(
-                teacher, manifest, root, records, stats, source_bytes, fmt, args.workers, args.shard_size
+                teacher, dataset, fmt, args.workers, args.shard_size
             )
             print(
                 f"{name:<12} {fmt:<8} {bare:>10.1f} {steady:>10.1f} {end_to_end:>10.1f} "

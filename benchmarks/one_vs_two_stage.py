@@ -14,14 +14,14 @@ Association is left out of both (it is the same code for both, about 1-2 ms
 per frame at these densities, see benchmarks/association.py); so is image
 decoding. Frames: real PETS09-S2L1 frames spread over the sequence (~6 people)
 and the real MOT17-04 frames of MOT17-mini (~42 people). The models take turns
-on each frame and the median time per frame is reported (the machine is
-shared: interleaving and medians keep others' load from favouring one side);
+on each frame and the median time per frame is reported (interleaving and
+medians keep other processes' load from favouring one side);
 the first frame is a warm-up and not timed.
 
-Threads: torch runs single-threaded by default. On this shared 2-core machine,
-with other processes busy, torch's two OpenMP threads spin-wait for a core
-that is taken, and every model (the real-weights teacher included) ran about
-10x slower than with one thread; ``--threads 2`` on an idle machine.
+Threads: torch runs single-threaded by default. Where other processes keep
+the cores busy, torch's OpenMP threads spin-wait for a core that is taken and
+every model runs many times slower than with one thread; on idle cores pass
+``--threads`` with the core count.
 
 ``bound`` is the speed-up a free
 embedding head would give, (detector + teacher) / detector: with the same
@@ -31,7 +31,7 @@ detector, no one-stage model can beat it.
     python benchmarks/one_vs_two_stage.py --backbone mobilenet_v2_fpn --input-size 608 1088
 
 The last line is ``one-stage speed-up: <ratio> at <N> people/frame`` for
-MOT17-04 with osnet_x1_0 (the DESIGN target is >= 3.2).
+MOT17-04 with osnet_x1_0 (the TDT paper reports 3.2 on a GPU).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def median_ms_interleaved(
     """Median milliseconds per frame of each workload.
 
     The workloads take turns on every frame, so a burst of load from another
-    process on this shared machine hits all of them alike; the median ignores
+    process hits all of them alike; the median ignores
     single disturbed frames. Each workload's first call (the first frame) is a
     warm-up and is not timed.
     """
@@ -190,7 +190,7 @@ def parse_args() -> argparse.Namespace:
         "--threads",
         type=int,
         default=1,
-        help="torch threads (1: see the note on shared machines in the module docstring)",
+        help="torch threads (1: see the note on busy cores in the module docstring)",
     )
     parser.add_argument(
         "--teachers", nargs="+", default=["osnet_x0_25", HEADLINE_TEACHER], help="two-stage re-ID models"
@@ -209,7 +209,9 @@ def main() -> None:
         raise SystemExit(f"real data not found: {', '.join(missing)} (set TDT_SHARED_DATA or --data)")
     import torch
 
-    torch.set_num_threads(args.threads)
+    from tdt.process import configure_for_cli
+
+    configure_for_cli(torch_threads=args.threads)
     print(
         f"detector {args.backbone} at {args.input_size[0]}x{args.input_size[1]}, one-stage D_s "
         f"{args.embedding_dim}; random weights (timing only); torch threads {torch.get_num_threads()}; "

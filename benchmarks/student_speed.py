@@ -1,7 +1,7 @@
 """Student speed: training step time and peak memory per backbone, inference frames/s per head.
 
 Part 1, training. For each backbone, one training step is forward + StudentCriterion
-loss + backward + gradient clipping + SGD step, as ``student.trainer`` does it in
+loss + backward + gradient clipping + SGD step, as ``student.engine`` does it in
 float32 (its default optimiser groups and clipping), on random images with a
 synthetic target: 8 person-shaped boxes per image with random unit 512-d teacher
 embeddings. Each backbone runs in a fresh spawned process so that its peak
@@ -24,15 +24,14 @@ candidates: these numbers are the network's cost, which is what the heads change
 
 Defaults: 576x768 input (H x W), batch 1, 3 timed steps after 1 warm-up step per
 backbone and 5 timed frames after 1 warm-up frame per head. A resnet50_fpn step
-is several seconds on 2 cores and each worker first spends a few seconds
-importing torch, so these counts keep the whole run within about 6 minutes on
-2 idle cores; raise ``--steps`` / ``--frames`` on a faster machine.
+takes seconds on a CPU and each worker first spends a few seconds importing
+torch, so these counts keep the whole run within minutes on two CPU cores;
+raise ``--steps`` / ``--frames`` for steadier numbers on faster hardware.
 
-Threads: all cores by default, for numbers from an idle machine. On a machine
-that other processes keep busy, torch's OpenMP threads spin-wait for a taken
-core and everything runs many times slower (measured: a ``--quick`` run took
-2.5 minutes with 2 threads beside three training runs on 2 cores, 16 s with 1);
-use ``--threads 1`` there. ``--quick`` is a smoke test and uses 1 thread.
+Threads: all cores by default, for numbers from idle cores. Where other
+processes keep the cores busy, torch's OpenMP threads spin-wait for a taken
+core and everything runs many times slower; use ``--threads 1`` there.
+``--quick`` is a smoke test and uses 1 thread.
 
     python benchmarks/student_speed.py                      # the full run (make bench)
     python benchmarks/student_speed.py --quick              # seconds: smoke test
@@ -59,10 +58,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from student.config import BACKBONE_NAMES, LossConfig, ModelConfig  # noqa: E402
+from student.families import build_student  # noqa: E402
 from student.inference import postprocess  # noqa: E402
 from student.losses import StudentCriterion  # noqa: E402
-from student.model import StudentDetector, build_student  # noqa: E402
-from student.trainer import OptimConfig, build_optimizer  # noqa: E402
+from student.model import StudentDetector  # noqa: E402
+from student.recipe import OptimConfig  # noqa: E402
+from student.schedule import build_optimizer  # noqa: E402
 
 BASELINE_BACKBONE = "mobilenet_v2_fpn"
 TEACHER_DIM = 512  # the widest D_s measured; the student regresses the leading D_s dims

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from demo.plan import Artefacts, DemoOptions, plan, synthetic_sequences
 from demo.stages import StageFailed, StageLog, run_stage
+from tdt.process import configure_for_cli
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -30,7 +31,7 @@ Run the whole method, each stage as the command you would type yourself:
   4. compare one-stage vs two-stage (twin + teacher on each crop) and the ground-truth
      oracle on sequences with identities; render the one-stage tracks to a video
 
-Default: the synthetic world (no data or weights needed; ~10 min on 2 cores). --real runs
+Default: the synthetic world (no data or weights needed; about 10 minutes on two CPU cores). --real runs
 the same chain on the real PETS09-S2L1 half with OSNet x0.25 from ../shared/data (or
 $TDT_SHARED_DATA). Running again reuses every finished stage; an interrupted training
 resumes from its last checkpoint.
@@ -133,6 +134,7 @@ def summary(options: DemoOptions, log: StageLog) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_for_cli()
     try:
         options = options_from_args(args)
     except ValueError as error:

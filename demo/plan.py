@@ -24,8 +24,8 @@ SYNTHETIC_TEACHER = "mobilenetv2_imagenet"
 REAL_TEACHER = "osnet_x0_25"
 PETS_TRAIN_FRAMES = (1, 300)
 PETS_TEST_FRAMES = (301, 397)
-# The pets09 recipes run 1000 steps (~19 min each here); 300 already reached AP@0.5 0.94 on
-# frames 301-397 in a probe, which is enough to show the chain on real data.
+# The pets09 recipes run 1000 steps; 300 already reached AP@0.5 0.94 on frames 301-397 in a
+# probe, which is enough to show the chain on real data in a fraction of the time.
 REAL_DEMO_STEPS = 300
 
 Size = Literal["full", "tiny"]
@@ -145,7 +145,7 @@ def _synthetic_plan(options: DemoOptions) -> Iterator[Stage]:
         ),
     )
     teacher = ("--teacher", SYNTHETIC_TEACHER, "--teacher-weights", weights)
-    # MobileNetV2 measured ~25% faster at batch 16 than at the default 64 on 2 cores.
+    # MobileNetV2 distils about 25% faster on a CPU at batch 16 than at the default 64.
     batch = ("--batch-size", 16)
     for split, shards in (("train", paths.train_shards), ("val", paths.val_shards)):
         yield Stage(
@@ -247,7 +247,7 @@ def _training_stage(options: DemoOptions, label: str, recipe: Path, run_dir: Pat
 
 
 def _recipe_steps(recipe: Path) -> int:
-    from student.trainer import load_train_config
+    from student.recipe import load_train_config
 
     return load_train_config(recipe).optim.max_steps
 

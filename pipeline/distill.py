@@ -16,15 +16,14 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.job import DatasetSelection, DistillConfig, ShardOutput, prepare_distillation
 from pipeline.runner import ClusterConfig, DistillReport, DistillRequest, distill
 from pipeline.shards.schema import DTYPES, FORMATS
-
-DEFAULT_TEACHER = "osnet_x1_0"
+from tdt.process import configure_for_cli
+from teacher import TeacherError, add_teacher_arguments, teacher_config_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from teacher import TEACHER_NAMES
-
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.distill",
         description=__doc__.split("\n\n")[0],
@@ -33,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
             "are local files from the torchreid model zoo; nothing is downloaded."
         ),
     )
+    _add_dataset_arguments(parser)
+    add_teacher_arguments(parser, short_aliases=True)
+    _add_output_arguments(parser)
+    _add_compute_arguments(parser)
+    return parser
+
+
+def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("dataset")
     which = source.add_mutually_exclusive_group()
     which.add_argument("--dataset", help="dataset name (a manifest in manifests/), e.g. crowdhuman")
@@ -41,34 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--root", help="dataset root directory (overrides the manifest and its env variable)")
     source.add_argument("--list-datasets", action="store_true", help="list the known datasets and exit")
 
-    model = parser.add_argument_group("teacher")
-    model.add_argument(
-        "--teacher",
-        default=DEFAULT_TEACHER,
-        choices=TEACHER_NAMES,
-        help="re-ID architecture (default %(default)s, as in the paper)",
-    )
-    model.add_argument(
-        "--teacher-weights",
-        type=Path,
-        default=None,
-        help="local torchreid weights file (default: $TDT_TEACHER_WEIGHTS)",
-    )
-    model.add_argument(
-        "--trust-teacher-pickle",
-        action="store_true",
-        help="allow loading a weights file that is a full pickle not in the known model-zoo list "
-        "(pickles can run code: only for files you trust)",
-    )
-    model.add_argument(
-        "--batch-size", type=int, default=64, help="crops per teacher forward pass (default %(default)s)"
-    )
-    model.add_argument(
-        "--device",
-        default="cpu",
-        help="torch device for the teacher, e.g. cpu or cuda:0 (default %(default)s)",
-    )
 
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output")
     output.add_argument(
         "--out", type=Path, help="shard directory (default: out/shards/<dataset>-<split>-<teacher>)"
@@ -87,12 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier run")
 
+
+def _add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     compute = parser.add_argument_group("compute")
     compute.add_argument(
         "--workers",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="LocalCluster worker processes (one torch thread each; default %(default)s); 0 runs in this process without Dask",
+        help="LocalCluster worker processes (one torch thread each; default %(default)s); "
+        "0 runs in this process without Dask, with this process's torch threads",
     )
     compute.add_argument(
         "--scheduler",
@@ -114,66 +98,49 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=argparse.SUPPRESS,  # timing benchmarks only: embeddings from random weights are meaningless
     )
-    return parser
 
 
-def _load_dataset(args):
-    from pipeline import datasets
-
-    manifest = datasets.load_manifest(str(args.manifest) if args.manifest else args.dataset)
-    root = datasets.resolve_root(manifest, args.root)
-    split = args.split or manifest.default_split
-    records, stats = datasets.read_records(manifest, split, root)
-    source_bytes = datasets.check_images_exist(records, root)
-    fingerprint = datasets.dataset_fingerprint(manifest, split, root)
-    return manifest, root, split, records, stats, source_bytes, fingerprint
-
-
-def run(args) -> DistillReport:
-    from teacher import TeacherConfig, build_teacher
-
-    manifest, root, split, records, stats, source_bytes, fingerprint = _load_dataset(args)
-    teacher_config = TeacherConfig.from_env_and_args(
-        name=args.teacher,
-        weights=args.teacher_weights,
-        device=args.device,
-        batch_size=args.batch_size,
-        trust_pickle=args.trust_teacher_pickle,
-    )
-    teacher = build_teacher(teacher_config, allow_random_weights=args.allow_random_teacher)
-    out_dir = args.out or Path("out") / "shards" / f"{manifest.name}-{split}-{args.teacher}"
-    request = DistillRequest(
-        dataset_name=manifest.name,
-        split=split,
-        dataset_root=Path(root),
-        dataset_fingerprint=fingerprint,
-        records=tuple(records),
-        source_bytes=source_bytes,
-        reader_stats=stats.as_dict(),
-        out_dir=out_dir,
-        format=args.format,
-        dtype=args.dtype,
-        shard_size=args.shard_size,
-        overwrite=args.overwrite,
+def config_from_args(args: argparse.Namespace) -> DistillConfig:
+    """The :class:`~pipeline.job.DistillConfig` the options describe (teacher weights fall back to the env)."""
+    return DistillConfig(
+        dataset=DatasetSelection(
+            manifest=str(args.manifest) if args.manifest else args.dataset,
+            split=args.split,
+            root=Path(args.root) if args.root else None,
+        ),
+        teacher=teacher_config_from_args(args),
+        output=ShardOutput(
+            out_dir=args.out,
+            format=args.format,
+            dtype=args.dtype,
+            shard_size=args.shard_size,
+            overwrite=args.overwrite,
+        ),
+        cluster=ClusterConfig(
+            workers=args.workers,
+            scheduler=args.scheduler,
+            tls_ca_file=args.tls_ca_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            connect_timeout_s=args.scheduler_timeout,
+        ),
         allow_random_teacher=args.allow_random_teacher,
     )
-    cluster = ClusterConfig(
-        workers=args.workers,
-        scheduler=args.scheduler,
-        tls_ca_file=args.tls_ca_file,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        connect_timeout_s=args.scheduler_timeout,
-    )
-    if not args.quiet:
+
+
+def run(config: DistillConfig, *, quiet: bool = False) -> DistillReport:
+    """Prepare the run ``config`` describes and write its shards, with a progress bar unless ``quiet``."""
+    prepared = prepare_distillation(config)
+    request = prepared.request
+    if not quiet:
         print(
-            f"distilling {manifest.name}/{split}: {len(records)} images, {sum(r.num_boxes for r in records)} boxes "
-            f"-> {out_dir} ({args.format}, {args.dtype}); teacher {args.teacher} ({teacher.fingerprint_id()})",
+            f"distilling {request.dataset_name}/{request.split}: {len(request.records)} images, "
+            f"{prepared.dataset.num_boxes} boxes -> {request.out_dir} ({request.format}, {request.dtype}); "
+            f"teacher {config.teacher.name} ({prepared.teacher.fingerprint_id()})",
             file=sys.stderr,
         )
-    with _progress_bar(request, quiet=args.quiet) as progress:
-        report = distill(request, teacher, cluster, progress=progress)
-    return report
+    with _progress_bar(request, quiet=quiet) as progress:
+        return distill(request, prepared.teacher, config.cluster, progress=progress)
 
 
 class _progress_bar:
@@ -225,8 +192,6 @@ def format_summary(report: DistillReport) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from teacher import TeacherError
-
     if args.list_datasets:
         from pipeline import datasets
 
@@ -235,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.dataset and not args.manifest:
         parser.error("one of --dataset or --manifest is required (see --list-datasets)")
+    configure_for_cli()
     try:
-        report = run(args)
+        report = run(config_from_args(args), quiet=args.quiet)
     except (PipelineError, TeacherError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""The image record: what every dataset reader yields (DESIGN.md "Contracts")."""
+"""The image record: what every dataset reader yields and every later stage consumes."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from pipeline.plan import (
 from pipeline.records import ImageRecord
 from pipeline.shards.manifest import DatasetInfo, ShardEntry, ShardManifest, write_manifest
 from pipeline.worker import ShardJob, ShardResult, run_shard_job, warm_up_worker
+from teacher import Teacher
 
 
 @dataclass(frozen=True)
@@ -84,54 +85,30 @@ class _Timing:
 
 def distill(
     request: DistillRequest,
-    teacher,
+    teacher: Teacher,
     cluster: ClusterConfig,
     progress: ProgressCallback | None = None,
 ) -> DistillReport:
-    """Write every missing shard of ``request`` and the manifest. ``teacher`` is built by the caller."""
+    """Write every missing shard of ``request`` and the manifest. ``teacher`` is built by the caller.
+
+    With ``cluster.workers == 0`` (and no scheduler) the shards are embedded in this process by
+    ``teacher``, leaving the process's thread counts and allocator as they are; Dask worker
+    processes set themselves up for the work (see :mod:`pipeline.worker`).
+    """
     if not request.records:
         raise EmptyDatasetError(
             f"dataset {request.dataset_name} split {request.split!r} selects no images "
             f"under {request.dataset_root}"
         )
-    identity = RunIdentity(
-        dataset=request.dataset_name,
-        split=request.split,
-        dataset_fingerprint=request.dataset_fingerprint,
-        teacher_id=teacher.fingerprint_id(),
-        format=request.format,
-        dtype=request.dtype,
-        shard_size=request.shard_size,
-    )
+    identity = _run_identity(request, teacher)
     out_dir = request.out_dir
     prepare_output(out_dir, request.overwrite)
     shards = plan_shards(list(request.records), identity)
     complete = find_complete(out_dir, shards)
     remove_stale_shards(out_dir, shards, request.format)
-    todo = [s for s in shards if s.index not in complete]
-    metadata = {
-        "schema_version": 1,
-        "dataset": request.dataset_name,
-        "split": request.split,
-        "teacher_id": identity.teacher_id,
-        "embedding_dim": teacher.dim,
-        "dtype": request.dtype,
-    }
-    jobs = [
-        ShardJob(
-            shard=s,
-            out_dir=str(out_dir),
-            dataset_root=str(request.dataset_root),
-            format=request.format,
-            dtype=request.dtype,
-            teacher_config=teacher.config,
-            allow_random_teacher=request.allow_random_teacher,
-            metadata=metadata,
-        )
-        for s in todo
-    ]
+    jobs = _shard_jobs(request, teacher, [s for s in shards if s.index not in complete])
     timing = _Timing()
-    results = _run_jobs(jobs, cluster, progress, timing) if jobs else []
+    results = _run_jobs(jobs, teacher, cluster, progress, timing) if jobs else []
     entries = {**complete, **{r.entry.index: r.entry for r in results}}
     manifest = _manifest(request, identity, teacher, shards, entries)
     write_manifest(out_dir, manifest)
@@ -151,7 +128,49 @@ def distill(
     )
 
 
-def _manifest(request, identity, teacher, shards: list[PlannedShard], entries: dict[int, ShardEntry]):
+def _run_identity(request: DistillRequest, teacher: Teacher) -> RunIdentity:
+    return RunIdentity(
+        dataset=request.dataset_name,
+        split=request.split,
+        dataset_fingerprint=request.dataset_fingerprint,
+        teacher_id=teacher.fingerprint_id(),
+        format=request.format,
+        dtype=request.dtype,
+        shard_size=request.shard_size,
+    )
+
+
+def _shard_jobs(request: DistillRequest, teacher: Teacher, todo: list[PlannedShard]) -> list[ShardJob]:
+    metadata = {
+        "schema_version": 1,
+        "dataset": request.dataset_name,
+        "split": request.split,
+        "teacher_id": teacher.fingerprint_id(),
+        "embedding_dim": teacher.dim,
+        "dtype": request.dtype,
+    }
+    return [
+        ShardJob(
+            shard=shard,
+            out_dir=str(request.out_dir),
+            dataset_root=str(request.dataset_root),
+            format=request.format,
+            dtype=request.dtype,
+            teacher_config=teacher.config,
+            allow_random_teacher=request.allow_random_teacher,
+            metadata=metadata,
+        )
+        for shard in todo
+    ]
+
+
+def _manifest(
+    request: DistillRequest,
+    identity: RunIdentity,
+    teacher: Teacher,
+    shards: list[PlannedShard],
+    entries: dict[int, ShardEntry],
+) -> ShardManifest:
     return ShardManifest(
         format=request.format,
         dtype=request.dtype,
@@ -174,13 +193,17 @@ def _manifest(request, identity, teacher, shards: list[PlannedShard], entries: d
 
 
 def _run_jobs(
-    jobs: list[ShardJob], cluster: ClusterConfig, progress: ProgressCallback | None, timing: _Timing
-):
+    jobs: list[ShardJob],
+    teacher: Teacher,
+    cluster: ClusterConfig,
+    progress: ProgressCallback | None,
+    timing: _Timing,
+) -> list[ShardResult]:
     started = time.perf_counter()
     if cluster.scheduler is None and cluster.workers == 0:
         results = []
         for job in jobs:
-            result = run_shard_job(job)
+            result = run_shard_job(job, teacher)
             results.append(result)
             if progress:
                 progress(result)

@@ -24,6 +24,7 @@ from pipeline.plan import PARTIAL_DIR
 from pipeline.shards.io import ShardReadError, read_shard
 from pipeline.shards.manifest import ManifestError, ShardEntry, ShardManifest, read_manifest, sha256_file
 from pipeline.shards.schema import KNOWN_SCHEMA_VERSIONS, MANIFEST_NAME, format_of
+from tdt.process import configure_for_cli
 
 NORM_TOLERANCE = 1e-2
 BOX_TOLERANCE = 0.5  # pixels; clipped boxes are exact, this only absorbs float rounding
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_for_cli()
     if not args.directory.is_dir():
         print(f"error: {args.directory} is not a directory", file=sys.stderr)
         return 2

@@ -1,9 +1,12 @@
 """The per-shard task: read images, crop boxes, run the teacher, write one shard.
 
-Runs inside a Dask worker process (or in-process with ``--workers 0``). The
-teacher is built once per process and reused by every task it runs there.
-Image decoding and cropping run in a background thread, overlapping the
-teacher's forward pass (cv2 and torch both release the GIL).
+Runs inside a Dask worker process, or in the driver with ``--workers 0``. In a worker
+the teacher is built once per process and reused by every task it runs there, and the
+first task sets the process up for this work (:func:`tdt.process.configure_worker_process`:
+one torch and one OpenCV thread, since the processes share out the cores; glibc keeps
+freed memory): a worker process exists to run these tasks. In the driver the caller's
+teacher is used and the process is left as it is. Image decoding and cropping run in a
+background thread, overlapping the teacher's forward pass (cv2 and torch both release the GIL).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pipeline.records import ImageRecord
 from pipeline.shards.io import write_shard
 from pipeline.shards.manifest import ShardEntry, sha256_file
 from pipeline.shards.table import ShardRecord, ShardTable
+from tdt.process import configure_worker_process
+from teacher import Teacher, TeacherConfig, build_teacher
 
 
 class CorruptImageError(PipelineError):
@@ -36,7 +41,7 @@ class ShardJob:
     dataset_root: str
     format: str
     dtype: str
-    teacher_config: object
+    teacher_config: TeacherConfig
     allow_random_teacher: bool
     metadata: dict
 
@@ -48,27 +53,22 @@ class ShardResult:
     teacher_seconds: float
 
 
-_TEACHERS: dict = {}
+_TEACHERS: dict[tuple[TeacherConfig, bool], Teacher] = {}
 
 
-def _teacher_for(config, allow_random: bool):
+def _worker_teacher(config: TeacherConfig, allow_random: bool) -> Teacher:
+    """This worker process's teacher, built (and the process set up) by the first task that needs it."""
     key = (config, allow_random)
     if key not in _TEACHERS:
-        import torch
-
-        from teacher import build_teacher
-
-        # One thread per worker process for torch and cv2: the processes, not threads, use the cores.
-        torch.set_num_threads(1)
-        cv2.setNumThreads(1)
+        configure_worker_process()
         _TEACHERS.clear()
         _TEACHERS[key] = build_teacher(config, allow_random_weights=allow_random)
     return _TEACHERS[key]
 
 
-def warm_up_worker(config, allow_random: bool) -> str:
-    """Build this process's teacher before any task arrives (run on every worker by the driver)."""
-    return _teacher_for(config, allow_random).fingerprint_id()
+def warm_up_worker(config: TeacherConfig, allow_random: bool) -> str:
+    """Build this worker process's teacher before any task arrives (run on every worker by the driver)."""
+    return _worker_teacher(config, allow_random).fingerprint_id()
 
 
 def decode_image(root: Path, record: ImageRecord) -> np.ndarray:
@@ -85,7 +85,7 @@ def decode_image(root: Path, record: ImageRecord) -> np.ndarray:
     return image
 
 
-def _prepared_crops(job: ShardJob, teacher) -> Iterator[tuple[ImageRecord, object]]:
+def _prepared_crops(job: ShardJob, teacher: Teacher) -> Iterator[tuple[ImageRecord, object]]:
     """Yield (record, crops tensor of its embeddable boxes), decoded one image ahead."""
     root = Path(job.dataset_root)
 
@@ -104,7 +104,7 @@ def _prepared_crops(job: ShardJob, teacher) -> Iterator[tuple[ImageRecord, objec
                 pending.append(pool.submit(prepare, job.shard.records[next_index]))
 
 
-def embed_shard(job: ShardJob, teacher) -> tuple[ShardTable, float]:
+def embed_shard(job: ShardJob, teacher: Teacher) -> tuple[ShardTable, float]:
     """Embed every embeddable box of the shard in exact teacher batches (the last may be short)."""
     import torch
 
@@ -149,6 +149,16 @@ def embed_shard(job: ShardJob, teacher) -> tuple[ShardTable, float]:
     if pending_targets:
         embed(len(pending_targets))
 
+    return _shard_table(records, embeddings, norms, dim, job.dtype), teacher_seconds
+
+
+def _shard_table(
+    records: tuple[ImageRecord, ...],
+    embeddings: list[np.ndarray],
+    norms: list[np.ndarray],
+    dim: int,
+    dtype: str,
+) -> ShardTable:
     rows = [
         ShardRecord(
             image=r.image,
@@ -164,12 +174,14 @@ def embed_shard(job: ShardJob, teacher) -> tuple[ShardTable, float]:
         )
         for i, r in enumerate(records)
     ]
-    return ShardTable.from_records(rows, dim, job.dtype), teacher_seconds
+    return ShardTable.from_records(rows, dim, dtype)
 
 
-def run_shard_job(job: ShardJob) -> ShardResult:
+def run_shard_job(job: ShardJob, teacher: Teacher | None = None) -> ShardResult:
+    """Embed and write one shard. ``teacher`` None: a Dask worker's own (see the module docstring)."""
     started = time.perf_counter()
-    teacher = _teacher_for(job.teacher_config, job.allow_random_teacher)
+    if teacher is None:
+        teacher = _worker_teacher(job.teacher_config, job.allow_random_teacher)
     table, teacher_seconds = embed_shard(job, teacher)
     out_dir = Path(job.out_dir)
     path = out_dir / job.shard.file

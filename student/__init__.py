@@ -6,16 +6,17 @@ Public API (see each module): :class:`ModelConfig`, :class:`LossConfig`,
 :class:`Detector`, :class:`Detections`.
 """
 
-# torchvision needs its nms op registered before it is imported (see torchvision_compat)
-import torchvision_compat
+# torchvision can only be imported through tdt.torch_compat (see its docstring)
+from tdt.torch_compat import import_torchvision
 
-torchvision_compat.import_torchvision()
+import_torchvision()
 
 from .api import load  # noqa: E402
 from .config import LossConfig, ModelConfig  # noqa: E402
+from .families import build_student  # noqa: E402
 from .inference import Detections, Detector, InputDetections, postprocess  # noqa: E402
 from .losses import LossTerms, StudentCriterion  # noqa: E402
-from .model import StudentDetector, StudentOutputs, build_student  # noqa: E402
+from .model import StudentDetector, StudentOutputs  # noqa: E402
 
 __all__ = [
     "Detections",

@@ -2,7 +2,9 @@
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (no pickled code
 runs) and the architecture is rebuilt from the ``ModelConfig`` stored in the
-checkpoint, so a caller needs nothing but the file.
+checkpoint, so a caller needs nothing but the file. Loading changes no
+process-wide state; a command line that runs many batches opts in to the
+allocator set-up itself (:func:`tdt.process.configure_for_cli`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from malloc_tuning import keep_freed_memory
+from tdt.config import ConfigError
 
 from .checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint
-from .config import ConfigError, ModelConfig
+from .config import ModelConfig
+from .families import build_student
 from .inference import Detector
-from .model import StudentDetector, build_student
+from .model import StudentDetector
 
 
 def load_student(
@@ -31,7 +34,6 @@ def load_student(
     :class:`student.checkpoint.CheckpointError` naming the differing keys
     (inference settings such as thresholds and input size may differ).
     """
-    keep_freed_memory()
     checkpoint = load_checkpoint(checkpoint_path, expected_config=expected_config, map_location="cpu")
     try:
         model_config = ModelConfig.from_dict(checkpoint.model_config)

@@ -24,14 +24,14 @@ from typing import Literal, get_args
 import cv2
 import numpy as np
 
-# ImageNet mean x 255 in BGR order: after the model's mean/std normalisation the
-# padding is ~0, i.e. it looks like "no signal" rather than like a black wall.
-IMAGENET_MEAN_BGR_UINT8: tuple[int, int, int] = (104, 116, 124)
+from tdt.config import PlainConfig
+from tdt.imagenet import IMAGENET_MEAN_BGR_UINT8
+
 CutBoxPolicy = Literal["drop", "ignore"]
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(PlainConfig):
     """Training augmentation. Scale factors multiply the letterbox (fit) scale.
 
     ``min_scale`` / ``max_scale`` are drawn log-uniformly so that zooming out by
@@ -206,9 +206,9 @@ def letterbox_scale(source_size: tuple[int, int], output_size: tuple[int, int]) 
 def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Downscale to (width, height) without aliasing, fast.
 
-    Area averaging is ~15x slower than bilinear for non-integer factors (7 ms
-    for 1080p -> 576 wide), so exact halvings (OpenCV's fast integer path) come
-    first while the remaining factor is below 1/2, then one bilinear step.
+    Area averaging is many times slower than bilinear for non-integer factors,
+    so exact halvings (OpenCV's fast integer path) come first while the
+    remaining factor is below 1/2, then one bilinear step.
     Every stage is a whole-image, centre-aligned resize, so the composite
     corner map is exactly ``x * width / source_width`` whatever the stages.
     """
@@ -238,39 +238,11 @@ def place_image(
     :func:`shrink`); enlarging warps straight into the canvas so that only
     output pixels are computed.
     """
+    if scale < 1.0:
+        return _shrink_into_canvas(image, scale, offset, output_size, pad_value)
     source_height, source_width = image.shape[:2]
     output_height, output_width = output_size
     offset_x, offset_y = offset
-    if scale < 1.0:
-        scaled_width = max(1, round(source_width * scale))
-        scaled_height = max(1, round(source_height * scale))
-        placement = Placement(
-            scale_x=scaled_width / source_width,
-            scale_y=scaled_height / source_height,
-            offset_x=float(offset_x),
-            offset_y=float(offset_y),
-            source_height=source_height,
-            source_width=source_width,
-            output_height=output_height,
-            output_width=output_width,
-        )
-        x0, y0, x1, y1 = placement.source_window()
-        if x1 <= x0 or y1 <= y0:
-            return np.full((output_height, output_width, 3), pad_value, dtype=np.uint8), placement
-        visible = shrink(image, scaled_width, scaled_height)[
-            y0 - offset_y : y1 - offset_y, x0 - offset_x : x1 - offset_x
-        ]
-        # copyMakeBorder fills the padding ~40x faster than numpy broadcasting a 3-tuple
-        canvas = cv2.copyMakeBorder(
-            visible,
-            y0,
-            output_height - y1,
-            x0,
-            output_width - x1,
-            cv2.BORDER_CONSTANT,
-            value=pad_value,
-        )
-        return canvas, placement
     placement = Placement(
         scale_x=scale,
         scale_y=scale,
@@ -292,6 +264,42 @@ def place_image(
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=pad_value,
+    )
+    return canvas, placement
+
+
+def _shrink_into_canvas(
+    image: np.ndarray,
+    scale: float,
+    offset: tuple[int, int],
+    output_size: tuple[int, int],
+    pad_value: tuple[int, int, int],
+) -> tuple[np.ndarray, Placement]:
+    """:func:`place_image` for ``scale`` < 1: shrink the whole image, crop it, pad around it."""
+    source_height, source_width = image.shape[:2]
+    output_height, output_width = output_size
+    offset_x, offset_y = offset
+    scaled_width = max(1, round(source_width * scale))
+    scaled_height = max(1, round(source_height * scale))
+    placement = Placement(
+        scale_x=scaled_width / source_width,
+        scale_y=scaled_height / source_height,
+        offset_x=float(offset_x),
+        offset_y=float(offset_y),
+        source_height=source_height,
+        source_width=source_width,
+        output_height=output_height,
+        output_width=output_width,
+    )
+    x0, y0, x1, y1 = placement.source_window()
+    if x1 <= x0 or y1 <= y0:
+        return np.full((output_height, output_width, 3), pad_value, dtype=np.uint8), placement
+    visible = shrink(image, scaled_width, scaled_height)[
+        y0 - offset_y : y1 - offset_y, x0 - offset_x : x1 - offset_x
+    ]
+    # copyMakeBorder writes the border in one native pass; numpy broadcasting a 3-tuple is far slower
+    canvas = cv2.copyMakeBorder(
+        visible, y0, output_height - y1, x0, output_width - x1, cv2.BORDER_CONSTANT, value=pad_value
     )
     return canvas, placement
 

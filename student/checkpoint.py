@@ -55,11 +55,14 @@ class TrainingCheckpoint:
 
     ``model_config`` is the architecture (``ModelConfig.to_dict()``);
     ``criterion_state`` the loss's learnable parts (identity classifier,
-    log-variances: ``StudentCriterion.state_dict()``); ``config``
+    log-variances: ``StudentCriterion.state_dict()``); ``grad_scaler_state``
+    the mixed-precision loss scale (None without AMP); ``config``
     the whole training recipe as a plain dict; ``shard_sources`` one plain dict
     per shard directory (``StudentDataset.source_summaries()`` as dicts);
-    ``rng_state`` from :func:`capture_rng_state`; ``extra`` anything else plain
-    (epoch, sampler position, best metric).
+    ``rng_state`` from :func:`capture_rng_state`; ``teacher_mean_embedding``
+    the training-set mean of the normalised teacher embeddings the student
+    regresses (``(D_s,)``; evaluation centres embeddings with it); ``extra``
+    anything else plain and informative only (images per step, world size).
     """
 
     step: int
@@ -73,6 +76,8 @@ class TrainingCheckpoint:
     teacher_id: str = ""
     shard_sources: Sequence[Mapping[str, Any]] = ()
     rng_state: Mapping[str, Any] | None = None
+    grad_scaler_state: Mapping[str, Any] | None = None
+    teacher_mean_embedding: torch.Tensor | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_payload(self) -> dict[str, Any]:
@@ -94,11 +99,17 @@ class TrainingCheckpoint:
             "teacher_id": self.teacher_id,
             "shard_sources": [dict(source) for source in self.shard_sources],
             "rng_state": self.rng_state,
+            "grad_scaler_state": self.grad_scaler_state,
+            "teacher_mean_embedding": self.teacher_mean_embedding,
             "extra": dict(self.extra),
         }
 
 
 _REQUIRED_KEYS = ("step", "model_state", "model_config")
+# Typed fields that checkpoints written before they existed kept in ``extra``.
+_FIELDS_ONCE_IN_EXTRA = ("criterion_state", "grad_scaler_state", "teacher_mean_embedding")
+# Model-config keys added since the first checkpoints, with the value those checkpoints imply.
+_MODEL_CONFIG_KEYS_ADDED = {"family": "retinanet"}
 
 
 # ---- RNG state -------------------------------------------------------------------------------
@@ -236,22 +247,8 @@ def _essential_line(message: str) -> str:
     return lines[0] if lines else ""
 
 
-def load_checkpoint(
-    path: Path | str,
-    expected_config: Mapping[str, Any] | Any | None = None,
-    *,
-    ignore_keys: Collection[str] = NON_ARCHITECTURE_MODEL_KEYS,
-    expected_teacher_id: str | None = None,
-    map_location: str | torch.device = "cpu",
-) -> TrainingCheckpoint:
-    """Load with ``weights_only=True`` and check it is a usable student checkpoint.
-
-    ``expected_config`` (a dict or a ``ModelConfig``) is compared with the saved
-    model config, ``ignore_keys`` aside; any difference is a CheckpointError
-    naming the file and the keys. ``expected_teacher_id`` refuses a checkpoint
-    trained against another teacher (its embeddings live in another space).
-    """
-    path = Path(path)
+def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """The checked payload of a student checkpoint file (weights-only load)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -280,8 +277,29 @@ def load_checkpoint(
         isinstance(tensor, torch.Tensor) for tensor in payload["model_state"].values()
     ):
         raise CheckpointError(f"{path}: malformed checkpoint (model_state must map names to tensors)")
+    return payload
+
+
+def load_checkpoint(
+    path: Path | str,
+    expected_config: Mapping[str, Any] | Any | None = None,
+    *,
+    ignore_keys: Collection[str] = NON_ARCHITECTURE_MODEL_KEYS,
+    expected_teacher_id: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> TrainingCheckpoint:
+    """Load with ``weights_only=True`` and check it is a usable student checkpoint.
+
+    ``expected_config`` (a dict or a ``ModelConfig``) is compared with the saved
+    model config, ``ignore_keys`` aside; any difference is a CheckpointError
+    naming the file and the keys. ``expected_teacher_id`` refuses a checkpoint
+    trained against another teacher (its embeddings live in another space).
+    """
+    path = Path(path)
+    payload = _upgrade_payload(_read_payload(path, map_location))
     if expected_config is not None:
-        differences = config_differences(payload["model_config"], _as_mapping(expected_config), ignore_keys)
+        expected = {**_MODEL_CONFIG_KEYS_ADDED, **_as_mapping(expected_config)}
+        differences = config_differences(payload["model_config"], expected, ignore_keys)
         if differences:
             raise CheckpointError(
                 f"{path}: model config differs from the expected one (another architecture): "
@@ -303,8 +321,25 @@ def load_checkpoint(
         teacher_id=payload.get("teacher_id", ""),
         shard_sources=tuple(payload.get("shard_sources", ())),
         rng_state=payload.get("rng_state"),
+        grad_scaler_state=payload.get("grad_scaler_state"),
+        teacher_mean_embedding=payload.get("teacher_mean_embedding"),
         extra=payload.get("extra", {}),
     )
+
+
+def _upgrade_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """An older payload in today's layout: typed fields out of ``extra``, added config keys filled."""
+    payload = dict(payload)
+    extra = dict(payload.get("extra") or {})
+    for name in _FIELDS_ONCE_IN_EXTRA:
+        if payload.get(name) is None and name in extra:
+            payload[name] = extra.pop(name)
+    payload["extra"] = extra
+    payload["model_config"] = {**_MODEL_CONFIG_KEYS_ADDED, **payload["model_config"]}
+    recipe = payload.get("config")
+    if isinstance(recipe, dict) and isinstance(recipe.get("model"), dict):
+        payload["config"] = {**recipe, "model": {**_MODEL_CONFIG_KEYS_ADDED, **recipe["model"]}}
+    return payload
 
 
 # ---- a run directory -------------------------------------------------------------------------

@@ -1,123 +1,30 @@
 """Typed, frozen configuration of the student detector and its losses.
 
 Both configs round-trip through plain dicts (``to_dict`` / ``from_dict``) so they
-can live in YAML recipes and in checkpoints. ``from_dict`` is strict: an unknown
-key is an error (a typo in a recipe must not silently fall back to a default).
+can live in YAML recipes and in checkpoints; loading is :mod:`tdt.config`'s
+(strict: an unknown key is an error, so a typo in a recipe never silently falls
+back to a default).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal, Self, get_args, get_origin
+from typing import Any, Literal, Self, get_args
 
-import yaml
+from tdt.config import ConfigError, PlainConfig
 
+ModelFamilyName = Literal["retinanet"]
 BackboneName = Literal["resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "mobilenet_v2_fpn"]
 EmbeddingHeadLayout = Literal["per_anchor", "per_location"]
 EmbeddingLossMode = Literal["l2", "ce", "l2+ce"]
 IgnoreOverlap = Literal["iou", "ioa"]
 
+MODEL_FAMILY_NAMES: tuple[str, ...] = get_args(ModelFamilyName)
 BACKBONE_NAMES: tuple[str, ...] = get_args(BackboneName)
 FPN_LEVEL_NAMES: tuple[str, ...] = ("P3", "P4", "P5", "P6", "P7")
 FPN_STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid."""
-
-
-class _DictRoundTrip:
-    """``to_dict`` / ``from_dict`` / YAML helpers shared by the frozen config dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain YAML-safe dict (tuples become lists)."""
-        return {
-            field.name: _to_plain(getattr(self, field.name))
-            for field in dataclasses.fields(self)  # type: ignore[arg-type]
-        }
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Self:
-        """Build from a dict; missing keys take defaults, unknown keys raise :class:`ConfigError`."""
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{cls.__name__} expects a mapping, got {type(values).__name__}")
-        fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ConfigError(
-                f"unknown {cls.__name__} key(s): {', '.join(map(str, unknown))}; "
-                f"known keys: {', '.join(fields)}"
-            )
-        hints = typing.get_type_hints(cls)
-        converted = {name: _from_plain(hints[name], value, name) for name, value in values.items()}
-        return cls(**converted)
-
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> Self:
-        loaded = yaml.safe_load(Path(path).read_text())
-        return cls.from_dict(loaded or {})
-
-
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_to_plain(item) for item in value]
-    return value
-
-
-def _from_plain(hint: Any, value: Any, name: str) -> Any:
-    """Convert YAML values to the field's type (lists -> tuples, ints -> floats) and check them."""
-    origin = get_origin(hint)
-    if origin is Literal:
-        if value not in get_args(hint):
-            raise ConfigError(f"{name}: {value!r} is not one of {get_args(hint)}")
-        return value
-    if origin in (types.UnionType, typing.Union):
-        options = get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _from_plain(option, value, name)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError("; ".join(errors))
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        item_types = get_args(hint)
-        if len(item_types) == 2 and item_types[1] is Ellipsis:
-            return tuple(_from_plain(item_types[0], item, name) for item in value)
-        if len(item_types) != len(value):
-            raise ConfigError(f"{name}: expected {len(item_types)} values, got {len(value)}")
-        return tuple(_from_plain(t, item, name) for t, item in zip(item_types, value, strict=True))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{name}: unsupported config type {hint!r}")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -126,9 +33,11 @@ def _require(condition: bool, message: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(_DictRoundTrip):
+class ModelConfig(PlainConfig):
     """Architecture and inference settings of the student (one class: person).
 
+    ``family`` names the detector design (its entry in :mod:`student.families`,
+    which builds the network and its loss); every family shares the keys below.
     ``embedding_dim`` is D_s, the number of leading teacher dimensions the
     embedding head regresses (paper: 64, 128, 256 or 512); 0 builds the
     detection-only variant (the two-stage reference's detector).
@@ -137,6 +46,7 @@ class ModelConfig(_DictRoundTrip):
     Images are letterboxed to ``input_height`` x ``input_width`` (aspect kept).
     """
 
+    family: ModelFamilyName = "retinanet"
     backbone: BackboneName = "resnet34_fpn"
     trainable_backbone_stages: int = 3
     fpn_channels: int = 256
@@ -157,6 +67,10 @@ class ModelConfig(_DictRoundTrip):
     candidates_per_level: int = 1000
 
     def __post_init__(self) -> None:
+        _require(
+            self.family in MODEL_FAMILY_NAMES,
+            f"family {self.family!r} is not one of {MODEL_FAMILY_NAMES}",
+        )
         _require(
             self.backbone in BACKBONE_NAMES,
             f"backbone {self.backbone!r} is not one of {BACKBONE_NAMES}",
@@ -197,10 +111,15 @@ class ModelConfig(_DictRoundTrip):
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Self:
-        """As :meth:`_DictRoundTrip.from_dict`; ``embedding_dim: null`` means detection only (0)."""
-        if isinstance(values, Mapping) and values.get("embedding_dim", 0) is None:
-            values = {**values, "embedding_dim": 0}
-        return super().from_dict(values)
+        """As :meth:`tdt.config.PlainConfig.from_dict`; ``embedding_dim: null`` means detection only (0)."""
+        return super().from_dict(cls.normalise_plain(values))
+
+    @staticmethod
+    def normalise_plain(values: Any) -> Any:
+        """A plain model section with ``embedding_dim: null`` read as 0 (detection only)."""
+        if isinstance(values, Mapping) and "embedding_dim" in values and values["embedding_dim"] is None:
+            return {**values, "embedding_dim": 0}
+        return values
 
     @property
     def anchors_per_location(self) -> int:
@@ -218,7 +137,7 @@ class ModelConfig(_DictRoundTrip):
 
 
 @dataclasses.dataclass(frozen=True)
-class LossConfig(_DictRoundTrip):
+class LossConfig(PlainConfig):
     """Anchor assignment and loss weights (TDT: 1 focal + 50 Huber + 10 L2).
 
     The box loss is ``F.huber_loss(delta=box_huber_delta)`` (Huber, not

@@ -5,13 +5,13 @@ A :class:`StudentDataset` reads one or more shard directories written by
 pipeline API used here), decodes each image from its dataset root with cv2 and
 returns a fixed-size input tensor plus per-box targets in input pixels.
 
-Mixing several datasets: each :class:`ShardSource` has a weight, the share of
-training draws that come from it (not a per-image weight), so a 10k-image
-dataset at weight 1 and a 500-image one at weight 1 are seen equally often.
-:class:`MixingSampler` draws an epoch of :class:`SampleKey` s from those weights,
-seeded by (seed, epoch); the key carries the epoch and draw number so each
-item's augmentation is reproducible in any worker process, even with
-persistent workers, and an image drawn twice is augmented differently.
+Mixing several datasets: each :class:`student.sources.ShardSource` has a weight,
+the share of training draws that come from it (not a per-image weight), so a
+10k-image dataset at weight 1 and a 500-image one at weight 1 are seen equally
+often. :class:`student.selection.DrawStream` draws :class:`SampleKey` s from
+those weights, seeded by (seed, epoch); the key carries the epoch and draw
+number so each item's augmentation is reproducible in any worker process, even
+with persistent workers, and an image drawn twice is augmented differently.
 
 Identities: ids >= 0 of each source are remapped to a contiguous global range
 (``source offset + rank of the id within its source``) so that ids from
@@ -21,8 +21,7 @@ different datasets never collide; -1 (unknown) stays -1.
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal, NamedTuple, get_args
@@ -30,9 +29,10 @@ from typing import Any, Literal, NamedTuple, get_args
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from pipeline.shards import ShardRecord, ShardSet, read_manifest
+from tdt.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
 from .augment import (
     AugmentConfig,
@@ -44,37 +44,18 @@ from .augment import (
     letterbox_scale,
     training_scale,
 )
+from .sources import ShardSource
 
 DatasetMode = Literal["train", "validation"]
-PixelScaling = Literal["unit", "imagenet", "uint8"]
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+PixelScaling = Literal["unit", "imagenet"]
 
 
 class StudentDataError(ValueError):
     """Shard sources that cannot be trained on together, or an image that cannot be used."""
 
 
-@dataclass(frozen=True)
-class ShardSource:
-    """One shard directory, its mixing weight and (optionally) where its images live now."""
-
-    directory: Path
-    weight: float = 1.0
-    dataset_root: Path | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "directory", Path(self.directory))
-        if self.dataset_root is not None:
-            object.__setattr__(self, "dataset_root", Path(self.dataset_root))
-        if not (math.isfinite(self.weight) and self.weight > 0):
-            raise StudentDataError(
-                f"{self.directory}: mixing weight must be a positive number, got {self.weight}"
-            )
-
-
 class SampleKey(NamedTuple):
-    """What :class:`MixingSampler` yields and :meth:`StudentDataset.__getitem__` accepts."""
+    """What :class:`student.selection.DrawStream` yields and :meth:`StudentDataset.__getitem__` accepts."""
 
     index: int
     epoch: int
@@ -121,10 +102,7 @@ class DatasetOptions:
 
     ``pixel_scaling="unit"`` gives RGB in [0, 1], what ``student.model.StudentDetector``
     expects (it normalises with ImageNet mean/std inside); ``"imagenet"`` gives
-    mean/std-normalised RGB for models that do not; ``"uint8"`` gives RGB
-    uint8 (0..255) for the trainer to convert on the device: 4x less data
-    through DataLoader worker queues, which dominate loading time with workers
-    on a 2-core machine. ``reduced_decode`` lets
+    mean/std-normalised RGB for models that do not. ``reduced_decode`` lets
     JPEGs that will be shrunk by 2x or more be decoded at 1/2 or 1/4 size
     (see :func:`decode_reduction`).
     """
@@ -178,9 +156,9 @@ _REDUCED_DECODE_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: 
 def decode_reduction(path: Path, width: int, height: int, scale: float) -> int:
     """Largest JPEG decode reduction (1, 2 or 4) that still leaves the image to be shrunk, not enlarged.
 
-    libjpeg decodes at 1/2 or 1/4 size through its DCT (a 1080p frame in ~6 ms
-    instead of ~20 ms), equivalent to 2x2 / 4x4 area averaging, so the corner
-    map is exactly x / reduction when the sides divide evenly.
+    libjpeg decodes at 1/2 or 1/4 size inside its inverse DCT, at a fraction of
+    the cost of a full decode, equivalent to 2x2 / 4x4 area averaging, so the
+    corner map is exactly x / reduction when the sides divide evenly.
     """
     if path.suffix.lower() not in (".jpg", ".jpeg"):
         return 1
@@ -211,7 +189,8 @@ def read_image(path: Path, expected_width: int, expected_height: int, reduction:
 class StudentDataset(Dataset):
     """Images and per-box targets from one or more shard directories.
 
-    ``dataset[i]`` (``i`` an int or a :class:`SampleKey`) returns
+    ``dataset[i]`` (``i`` a :class:`SampleKey`, or an int ``i`` read as
+    ``SampleKey(i, epoch=0, draw=0)``) returns
     ``(image, target)``: image float32 (3, H, W) RGB at ``options.input_size``,
     target a dict with ``boxes`` float32 (N, 4) x1, y1, x2, y2 in input pixels,
     ``ignore`` bool (N,), ``identities`` int64 (N,) global (-1 unknown),
@@ -228,9 +207,8 @@ class StudentDataset(Dataset):
             raise StudentDataError("no shard sources given")
         self.options = options
         self.sources: tuple[ShardSource, ...] = tuple(
-            s if isinstance(s, ShardSource) else ShardSource(Path(s)) for s in sources
+            s if isinstance(s, ShardSource) else ShardSource(str(s)) for s in sources
         )
-        self._epoch = 0
         loaded: list[_LoadedSource] = []
         first_index = 0
         identity_offset = 0
@@ -263,10 +241,6 @@ class StudentDataset(Dataset):
         return tuple(len(entry.shards) for entry in self._loaded)
 
     @property
-    def source_weights(self) -> tuple[float, ...]:
-        return tuple(entry.source.weight for entry in self._loaded)
-
-    @property
     def identity_offsets(self) -> tuple[int, ...]:
         return tuple(entry.identity_offset for entry in self._loaded)
 
@@ -289,10 +263,6 @@ class StudentDataset(Dataset):
             )
         return summaries
 
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch used to seed augmentation of plain integer indices (keys carry their own)."""
-        self._epoch = int(epoch)
-
     def __len__(self) -> int:
         return int(self._starts[-1])
 
@@ -309,12 +279,10 @@ class StudentDataset(Dataset):
         return self._loaded[source].shards[local]
 
     def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, dict[str, Any]]:
-        if isinstance(key, SampleKey):
-            index = int(key.index)
-            entropy = [self.options.seed, key.epoch, key.draw, index]
-        else:
-            index = int(key)
-            entropy = [self.options.seed, self._epoch, index]
+        if not isinstance(key, SampleKey):
+            key = SampleKey(int(key), 0, 0)
+        index = int(key.index)
+        entropy = [self.options.seed, key.epoch, key.draw, index]
         source_number, local = self.locate(index)
         entry = self._loaded[source_number]
         record = entry.shards[local]
@@ -355,13 +323,13 @@ class StudentDataset(Dataset):
 def _load_source(
     source: ShardSource, options: DatasetOptions, first_index: int, identity_offset: int
 ) -> _LoadedSource:
-    directory = source.directory
+    directory = Path(source.directory)
     manifest = read_manifest(directory)
     # Keeping every decoded shard avoids re-decoding a whole shard on most random
     # accesses; forked DataLoader workers share the arrays copy-on-write.
     cache = len(manifest.shards) if options.keep_all_shards_in_memory else 4
     shards = ShardSet(directory, verify_checksums=options.verify_checksums, cache_shards=cache)
-    image_root = source.dataset_root if source.dataset_root is not None else shards.dataset_root
+    image_root = Path(source.dataset_root) if source.dataset_root is not None else shards.dataset_root
     if not image_root.is_dir():
         raise StudentDataError(
             f"{directory}: dataset root {image_root} does not exist "
@@ -395,8 +363,6 @@ def _require_same_teacher(reference: _LoadedSource, other: _LoadedSource) -> Non
 
 def _image_tensor(image_bgr: np.ndarray, scaling: PixelScaling) -> torch.Tensor:
     rgb_planes = np.ascontiguousarray(image_bgr[:, :, ::-1].transpose(2, 0, 1))
-    if scaling == "uint8":
-        return torch.from_numpy(rgb_planes)
     tensor = torch.from_numpy(rgb_planes).to(torch.float32).div_(255.0)
     if scaling == "imagenet":
         mean = torch.tensor(IMAGENET_MEAN_RGB, dtype=torch.float32).view(3, 1, 1)
@@ -429,56 +395,6 @@ def collate(
     return images, [target for _, target in batch]
 
 
-class MixingSampler(Sampler[SampleKey]):
-    """An epoch of draws: source by mixing weight, then an image uniformly within it.
-
-    Deterministic in (seed, epoch). ``set_epoch(epoch, start_draw)`` resumes in
-    the middle of an epoch (e.g. after loading a checkpoint) with the same draws
-    that an uninterrupted run would have made.
-    """
-
-    def __init__(self, dataset: StudentDataset, num_samples: int | None = None, seed: int = 0) -> None:
-        self.source_sizes = dataset.source_sizes
-        self.source_starts = np.concatenate([[0], np.cumsum(self.source_sizes)]).astype(np.int64)
-        weights = np.array(
-            [
-                w if size > 0 else 0.0
-                for w, size in zip(dataset.source_weights, self.source_sizes, strict=True)
-            ]
-        )
-        if weights.sum() <= 0:
-            raise StudentDataError("every shard source is empty: nothing to sample")
-        self.probabilities = weights / weights.sum()
-        self.num_samples = int(num_samples) if num_samples is not None else len(dataset)
-        if self.num_samples <= 0:
-            raise StudentDataError("num_samples must be positive")
-        self.seed = seed
-        self.epoch = 0
-        self.start_draw = 0
-
-    def set_epoch(self, epoch: int, start_draw: int = 0) -> None:
-        if not 0 <= start_draw <= self.num_samples:
-            raise ValueError(f"start_draw must be within [0, {self.num_samples}], got {start_draw}")
-        self.epoch = int(epoch)
-        self.start_draw = int(start_draw)
-
-    def draws(self, epoch: int) -> np.ndarray:
-        """(num_samples,) global image indices of one epoch."""
-        rng = np.random.default_rng([self.seed, epoch])
-        sources = rng.choice(len(self.probabilities), size=self.num_samples, p=self.probabilities)
-        sizes = np.asarray(self.source_sizes, dtype=np.int64)[sources]
-        within = np.floor(rng.random(self.num_samples) * sizes).astype(np.int64)
-        return self.source_starts[sources] + within
-
-    def __iter__(self) -> Iterator[SampleKey]:
-        indices = self.draws(self.epoch)
-        for draw in range(self.start_draw, self.num_samples):
-            yield SampleKey(int(indices[draw]), self.epoch, draw)
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start_draw
-
-
 def loader_worker_init(worker_id: int) -> None:
     """``worker_init_fn`` for DataLoader: the worker processes, not threads, use the cores."""
     del worker_id
@@ -489,11 +405,9 @@ def loader_worker_init(worker_id: int) -> None:
 __all__ = [
     "DatasetMode",
     "DatasetOptions",
-    "MixingSampler",
     "PixelScaling",
     "Placement",
     "SampleKey",
-    "ShardSource",
     "SourceSummary",
     "StudentDataError",
     "StudentDataset",

@@ -3,7 +3,7 @@
     python -m student.evaluate --checkpoint out/train-pets09/last.pt
     python -m student.evaluate --checkpoint C --shards out/shards-pets --frames 301 397
 
-AP@0.5 is :func:`tracker.metrics.average_precision` (VOC all-point, ignore
+AP@0.5 is :func:`tdt.detection_ap.average_precision` (VOC all-point, ignore
 boxes neither reward nor punish) over detections in original image pixels.
 
 Fidelity compares the student's embedding of each detection with the teacher
@@ -34,7 +34,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +44,21 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from pipeline.shards import ManifestError
-from tracker.boxes import box_iou
-from tracker.metrics import average_precision
+from tdt.boxes import box_iou
+from tdt.config import ConfigError
+from tdt.detection_ap import average_precision
+from tdt.process import configure_for_cli
 
 from .api import load_student
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, ModelConfig
+from .config import ModelConfig
 from .data import DatasetOptions, StudentDataError, StudentDataset, collate
 from .inference import postprocess
 from .model import StudentDetector
-from .trainer import MissingInputError, ShardSourceConfig, TrainConfig, resolve_config_path, select_images
-from .transforms import boxes_to_original
+from .recipe import MissingInputError, TrainConfig, resolve_config_path
+from .selection import select_images
+from .sources import ShardSource
+from .transforms import detections_to_original
 
 MATCH_IOU = 0.5
 
@@ -246,7 +250,6 @@ def evaluate_model(
         raise ValueError(
             f"dataset input size {dataset.options.input_size} != model input {config.input_size}"
         )
-    device = torch.device(device)
     fidelity_note = ""
     fidelity = None
     if not config.has_embedding_head:
@@ -255,31 +258,14 @@ def evaluate_model(
         fidelity_note = "not applicable (embeddings trained with identity CE, not regressed to the teacher)"
     else:
         fidelity = FidelityAccumulator(config.embedding_dim, teacher_mean)
-    detections: list[tuple[np.ndarray, np.ndarray]] = []
-    ground_truth: list[tuple[np.ndarray, np.ndarray]] = []
     loader = DataLoader(Subset(dataset, list(map(int, indices))), batch_size=batch_size, collate_fn=collate)
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        for images, targets in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-            per_image = postprocess(model(images.to(device)), config)
-            for found, target in zip(per_image, targets, strict=True):
-                tlbr = boxes_to_original(target["placement"], found.boxes.cpu().numpy())
-                # boxes lying entirely on the letterbox border collapse to nothing
-                has_area = (tlbr[:, 2] > tlbr[:, 0]) & (tlbr[:, 3] > tlbr[:, 1])
-                scores = found.scores.cpu().numpy()[has_area]
-                detections.append((tlbr[has_area], scores))
-                boxes = target["original_boxes"].numpy()
-                ground_truth.append((boxes, target["ignore"].numpy()))
-                if fidelity is not None and found.embeddings is not None:
-                    fidelity.add_frame(
-                        tlbr[has_area],
-                        scores,
-                        found.embeddings.cpu().numpy()[has_area],
-                        boxes,
-                        target["embeddings"].numpy(),
-                    )
-    model.train(was_training)
+    try:
+        batches = tqdm(loader, desc="evaluate", unit="batch", disable=not progress)
+        detections, ground_truth = _detect_and_match(model, config, batches, torch.device(device), fidelity)
+    finally:
+        model.train(was_training)
     fidelity_report = fidelity.report() if fidelity is not None else None
     if fidelity is not None and fidelity_report is None:
         fidelity_note = "no detection matched a ground-truth box with a teacher embedding"
@@ -300,9 +286,35 @@ def evaluate_model(
     )
 
 
+@torch.inference_mode()
+def _detect_and_match(
+    model: StudentDetector,
+    config: ModelConfig,
+    batches: Iterable[tuple[torch.Tensor, list[dict[str, Any]]]],
+    device: torch.device,
+    fidelity: FidelityAccumulator | None,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
+    """Per image: (boxes, scores) in original pixels and (ground-truth boxes, ignore flags);
+    matched embeddings go to ``fidelity``."""
+    detections: list[tuple[np.ndarray, np.ndarray]] = []
+    ground_truth: list[tuple[np.ndarray, np.ndarray]] = []
+    for images, targets in batches:
+        per_image = postprocess(model(images.to(device)), config)
+        for found, target in zip(per_image, targets, strict=True):
+            tlbr, has_area = detections_to_original(target["placement"], found.boxes.cpu().numpy())
+            scores = found.scores.cpu().numpy()[has_area]
+            detections.append((tlbr, scores))
+            boxes = target["original_boxes"].numpy()
+            ground_truth.append((boxes, target["ignore"].numpy()))
+            if fidelity is not None and found.embeddings is not None:
+                embeddings = found.embeddings.cpu().numpy()[has_area]
+                fidelity.add_frame(tlbr, scores, embeddings, boxes, target["embeddings"].numpy())
+    return detections, ground_truth
+
+
 def evaluate_checkpoint(
     checkpoint_path: str | Path,
-    sources: Sequence[ShardSourceConfig] | None = None,
+    sources: Sequence[ShardSource] | None = None,
     *,
     device: str | torch.device = "cpu",
     batch_size: int = 4,
@@ -323,7 +335,7 @@ def evaluate_checkpoint(
     if score_thresh is not None:
         inference_config = dataclasses.replace(inference_config, score_thresh=score_thresh)
     dataset = StudentDataset(
-        [source.to_shard_source() for source in sources],
+        list(sources),
         DatasetOptions(input_size=inference_config.input_size, mode="validation"),
     )
     compare_with_teacher = recipe.loss.uses_l2 if recipe is not None else True
@@ -337,8 +349,8 @@ def evaluate_checkpoint(
             f"hold embeddings of {dataset.teacher_id!r}: fidelity would compare different spaces"
         )
     selection, _ = select_images(dataset, sources)
-    saved_mean = checkpoint.extra.get("teacher_mean_embedding")
-    teacher_mean = saved_mean.numpy() if isinstance(saved_mean, torch.Tensor) else None
+    saved_mean = checkpoint.teacher_mean_embedding
+    teacher_mean = saved_mean.numpy() if saved_mean is not None else None
     report = evaluate_model(
         model,
         dataset,
@@ -393,13 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sources_from_arguments(
-    args: argparse.Namespace, checkpoint_path: Path
-) -> list[ShardSourceConfig] | None:
+def _sources_from_arguments(args: argparse.Namespace, checkpoint_path: Path) -> list[ShardSource] | None:
     if args.shards is None and args.frames is None and args.sequences is None and args.dataset_root is None:
         return None
     if args.shards is not None:
-        base = [ShardSourceConfig(directory=str(resolve_config_path(directory))) for directory in args.shards]
+        base = [ShardSource(directory=str(resolve_config_path(directory))) for directory in args.shards]
     else:
         base = list(TrainConfig.from_dict(load_checkpoint(checkpoint_path).config).data.validation)
     changes: dict[str, Any] = {}
@@ -414,6 +424,7 @@ def _sources_from_arguments(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_for_cli()
     try:
         sources = _sources_from_arguments(args, args.checkpoint)
         report = evaluate_checkpoint(

@@ -21,7 +21,7 @@ from torchvision.ops import batched_nms, clip_boxes_to_image
 from .augment import Placement
 from .config import ModelConfig
 from .model import StudentDetector, StudentOutputs, make_box_coder
-from .transforms import bgr_to_input_tensor, boxes_to_original
+from .transforms import bgr_to_input_tensor, detections_to_original
 
 # settings that may differ between the trained model and how it is run
 INFERENCE_SETTINGS = frozenset(
@@ -148,14 +148,12 @@ class Detector:
         ]
 
     def _to_original(self, detections: InputDetections, placement: Placement) -> Detections:
-        tlbr = boxes_to_original(placement, detections.boxes.cpu().numpy())
-        # boxes lying entirely on the letterbox border collapse to nothing
-        has_area = (tlbr[:, 2] > tlbr[:, 0]) & (tlbr[:, 3] > tlbr[:, 1])
+        tlbr, has_area = detections_to_original(placement, detections.boxes.cpu().numpy())
         embedding = None
         if detections.embeddings is not None:
             embedding = detections.embeddings.cpu().numpy().astype(np.float32)[has_area]
         return Detections(
-            tlbr=tlbr[has_area],
+            tlbr=tlbr,
             score=detections.scores.cpu().numpy().astype(np.float32)[has_area],
             embedding=embedding,
         )

@@ -120,6 +120,14 @@ class _PositiveMatches:
     box_index: Tensor  # (P,) index into that image's targets
 
 
+@dataclasses.dataclass
+class _IdentityLosses:
+    embedding_l2: Tensor | None = None
+    identity_ce: Tensor | None = None
+    num_embedding: int = 0
+    num_identity: int = 0
+
+
 class StudentCriterion(nn.Module):
     """Loss of :class:`student.model.StudentDetector` outputs against per-image targets.
 
@@ -156,16 +164,40 @@ class StudentCriterion(nn.Module):
         batch_size = outputs.class_logits.shape[0]
         if len(targets) != batch_size:
             raise ValueError(f"{batch_size} images but {len(targets)} targets")
-        device = outputs.class_logits.device
-        targets = [self._checked_target(target, device) for target in targets]
-
+        targets = [self._checked_target(target, outputs.class_logits.device) for target in targets]
         matches = torch.stack(
             [assign_anchors(outputs.anchors, target["boxes"], target["ignore"], config) for target in targets]
         )  # (B, A)
         positives = self._positive_matches(matches)
-        num_positive = len(positives.anchor_index)
-        normaliser = max(1, num_positive)
+        classification, box_regression = self._detection_losses(outputs, targets, matches, positives)
+        detection_total = config.classification_weight * classification + config.box_weight * box_regression
+        identity = self._identity_losses(outputs, targets, positives)
+        identity_total = torch.zeros((), device=outputs.class_logits.device)
+        if identity.embedding_l2 is not None:
+            identity_total = identity_total + config.embedding_weight * identity.embedding_l2
+        if identity.identity_ce is not None:
+            identity_total = identity_total + config.identity_weight * identity.identity_ce
+        return LossTerms(
+            total=self._combined(detection_total, identity_total),
+            classification=classification,
+            box_regression=box_regression,
+            embedding_l2=identity.embedding_l2,
+            identity_ce=identity.identity_ce,
+            num_positive_anchors=len(positives.anchor_index),
+            num_embedding_anchors=identity.num_embedding,
+            num_identity_anchors=identity.num_identity,
+        )
 
+    def _detection_losses(
+        self,
+        outputs: StudentOutputs,
+        targets: Sequence[Mapping[str, Tensor]],
+        matches: Tensor,
+        positives: _PositiveMatches,
+    ) -> tuple[Tensor, Tensor]:
+        """Focal classification and Huber box losses, each normalised by the positive anchors."""
+        config = self.loss_config
+        normaliser = max(1, len(positives.anchor_index))
         class_logits = outputs.class_logits.float()
         counted = matches != IGNORED
         class_targets = (matches >= 0).to(class_logits.dtype)
@@ -178,7 +210,6 @@ class StudentCriterion(nn.Module):
             )
             / normaliser
         )
-
         box_deltas = outputs.box_deltas.float()
         predicted_deltas = box_deltas[positives.image_index, positives.anchor_index]
         matched_boxes = self._gather_per_box(targets, "boxes", positives)
@@ -186,46 +217,37 @@ class StudentCriterion(nn.Module):
         box_regression = (
             box_huber_loss_sum(predicted_deltas, target_deltas, config.box_huber_delta) / normaliser
         )
-        detection_total = config.classification_weight * classification + config.box_weight * box_regression
+        return classification, box_regression
 
-        embedding_l2 = identity_ce = None
-        num_embedding = num_identity = 0
-        identity_total = torch.zeros((), device=device)
-        if self.uses_l2 or self.uses_identity_ce:
-            predicted_embeddings = outputs.anchor_embeddings(
-                positives.image_index, positives.anchor_index
-            ).float()
+    def _identity_losses(
+        self, outputs: StudentOutputs, targets: Sequence[Mapping[str, Tensor]], positives: _PositiveMatches
+    ) -> _IdentityLosses:
+        """Teacher-regression L2 and identity cross-entropy on the positive anchors (as configured)."""
+        if not (self.uses_l2 or self.uses_identity_ce):
+            return _IdentityLosses()
+        predicted = outputs.anchor_embeddings(positives.image_index, positives.anchor_index).float()
+        losses = _IdentityLosses()
         if self.uses_l2:
             teacher = self._gather_per_box(targets, "embeddings", positives)[:, : self.embedding_dim]
-            num_embedding = int((~torch.isnan(teacher).any(dim=1)).sum())
-            embedding_l2 = embedding_l2_loss(predicted_embeddings, teacher)
-            identity_total = identity_total + config.embedding_weight * embedding_l2
+            losses.num_embedding = int((~torch.isnan(teacher).any(dim=1)).sum())
+            losses.embedding_l2 = embedding_l2_loss(predicted, teacher)
         if self.identity_classifier is not None:
             identities = self._gather_per_box(targets, "identities", positives)
-            num_identity = int((identities >= 0).sum())
-            identity_ce = identity_cross_entropy(
-                predicted_embeddings, identities, self.identity_classifier, self.identity_scale
+            losses.num_identity = int((identities >= 0).sum())
+            losses.identity_ce = identity_cross_entropy(
+                predicted, identities, self.identity_classifier, self.identity_scale
             )
-            identity_total = identity_total + config.identity_weight * identity_ce
+        return losses
 
-        if self.detection_log_variance is not None and self.identity_log_variance is not None:
-            total = 0.5 * (
-                torch.exp(-self.detection_log_variance) * detection_total
-                + torch.exp(-self.identity_log_variance) * identity_total
-                + self.detection_log_variance
-                + self.identity_log_variance
-            )
-        else:
-            total = detection_total + identity_total
-        return LossTerms(
-            total=total,
-            classification=classification,
-            box_regression=box_regression,
-            embedding_l2=embedding_l2,
-            identity_ce=identity_ce,
-            num_positive_anchors=num_positive,
-            num_embedding_anchors=num_embedding,
-            num_identity_anchors=num_identity,
+    def _combined(self, detection_total: Tensor, identity_total: Tensor) -> Tensor:
+        """The plain weighted sum, or FairMOT's uncertainty weighting of the two sums."""
+        if self.detection_log_variance is None or self.identity_log_variance is None:
+            return detection_total + identity_total
+        return 0.5 * (
+            torch.exp(-self.detection_log_variance) * detection_total
+            + torch.exp(-self.identity_log_variance) * identity_total
+            + self.detection_log_variance
+            + self.identity_log_variance
         )
 
     @staticmethod

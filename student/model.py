@@ -1,23 +1,25 @@
-"""The student: a RetinaNet (one class, person) with an optional re-ID embedding head."""
+"""The student's "retinanet" family: a RetinaNet (one class, person) with an optional re-ID embedding head.
+
+Build it through :func:`student.families.build_student`, which picks the family
+named by ``ModelConfig.family`` and loads backbone weights.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 
+from tdt.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
 from .anchors import AnchorGrid
-from .backbones import build_backbone, load_backbone_weights
+from .backbones import build_backbone
 from .config import FPN_STRIDES, ModelConfig
 from .heads import BoxRegressionHead, ClassificationHead, EmbeddingHead
 
 NUM_CLASSES = 1  # person
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 BOX_CODER_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
 
@@ -115,26 +117,3 @@ class StudentDetector(nn.Module):
             anchors_per_location=self.config.anchors_per_location,
             image_size=(images.shape[-2], images.shape[-1]),
         )
-
-
-def build_student(
-    config: ModelConfig,
-    backbone_weights: str | Path | None = None,
-    *,
-    warn_if_random_backbone: bool = True,
-) -> StudentDetector:
-    """Build the student; ``backbone_weights`` is a local ImageNet state dict (see
-    :func:`student.backbones.load_backbone_weights`). Without it the backbone is
-    randomly initialised and, unless ``warn_if_random_backbone`` is False (e.g.
-    weights come next from a checkpoint), a warning says so.
-    """
-    model = StudentDetector(config)
-    if backbone_weights is not None:
-        load_backbone_weights(model.backbone, config.backbone, backbone_weights)
-    elif warn_if_random_backbone:
-        warnings.warn(
-            f"{config.backbone}: no --backbone-weights given, backbone randomly initialised "
-            "(fine for tests, not for reported numbers)",
-            stacklevel=2,
-        )
-    return model

@@ -1,12 +1,19 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay, counted in optimiser steps."""
+"""The optimiser and its learning-rate schedule: linear warm-up, then cosine decay, in optimiser steps."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+if TYPE_CHECKING:
+    from .recipe import OptimConfig
 
 
 @dataclass(frozen=True)
@@ -59,3 +66,29 @@ def cosine_warmup_scheduler(
     """
     schedule = CosineWarmup(total_steps, warmup_steps, warmup_start_factor, final_factor)
     return LambdaLR(optimizer, lr_lambda=schedule)
+
+
+def build_optimizer(parameters: Sequence[tuple[str, nn.Parameter]], config: OptimConfig) -> Optimizer:
+    """SGD or AdamW over the trainable ``(name, parameter)`` pairs; weight decay on weights
+    of rank >= 2 only (not on biases and normalisation parameters)."""
+    trainable = [(name, parameter) for name, parameter in parameters if parameter.requires_grad]
+    decayed = [parameter for _, parameter in trainable if parameter.ndim >= 2]
+    not_decayed = [parameter for _, parameter in trainable if parameter.ndim < 2]
+    groups = [
+        {"params": decayed, "weight_decay": config.weight_decay},
+        {"params": not_decayed, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.learning_rate, betas=config.adamw_betas)
+    return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
+
+
+def replan_schedule(scheduler: LambdaLR, optimizer: Optimizer, schedule: CosineWarmup, step: int) -> None:
+    """Give a restored scheduler a new schedule (another length) from ``step`` on.
+
+    A scheduler's state dict brings back the schedule it was saved with; a resumed
+    run that trains longer or shorter re-plans the cosine for its own length.
+    """
+    scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
+    for group, initial_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = initial_lr * schedule(step)

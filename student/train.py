@@ -6,7 +6,7 @@
     torchrun --nproc-per-node 4 -m student.train --config configs/paper.yaml
 
 Command-line options override the recipe (a YAML file in configs/, see
-student/trainer.py for every key). Checkpoints (every run.checkpoint_every
+student/recipe.py for every key). Checkpoints (every run.checkpoint_every
 steps and at the end), train_log.csv, TensorBoard scalars, the resolved
 recipe (config.yaml) and, at the end, evaluation.json (AP@0.5 and
 distillation fidelity on the validation selection) go to the output
@@ -22,26 +22,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.shards import ManifestError
+from tdt.config import ConfigError
+from tdt.process import configure_for_cli
 
 from .backbones import BackboneWeightsError
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from .config import ConfigError
 from .data import StudentDataError
-from .evaluate import evaluate_checkpoint
-from .trainer import (
+from .engine import EVALUATION_NAME, TrainingDivergedError, train
+from .recipe import (
     DEFAULT_CONFIG_PATH,
-    DistributedContext,
     MissingInputError,
-    ShardSourceConfig,
     TrainConfig,
-    TrainingDivergedError,
     load_train_config,
     resolve_config_path,
-    resolve_device,
-    train,
 )
+from .sources import ShardSource
 
-EVALUATION_NAME = "evaluation.json"
 EXIT_DIVERGED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -60,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
             "checkpoint (the message says what and how to fix it); 130 interrupted (resume with --resume)."
         ),
     )
-    recipe = parser.add_argument_group("recipe")
+    _add_recipe_options(parser.add_argument_group("recipe"))
+    _add_data_options(parser.add_argument_group("data (override the recipe)"))
+    _add_run_options(parser.add_argument_group("run (override the recipe)"))
+    return parser
+
+
+def _add_recipe_options(recipe: argparse._ArgumentGroup) -> None:
     recipe.add_argument(
         "--config",
         type=Path,
@@ -78,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print the resolved recipe as YAML and exit"
     )
 
-    data = parser.add_argument_group("data (override the recipe)")
+
+def _add_data_options(data: argparse._ArgumentGroup) -> None:
     data.add_argument(
         "--shards",
         nargs="+",
@@ -110,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="DataLoader worker processes (0: load in the training loop)"
     )
 
-    run = parser.add_argument_group("run (override the recipe)")
+
+def _add_run_options(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--out", type=Path, help="output directory (checkpoints, logs, evaluation)")
     run.add_argument("--max-steps", type=int, help="optimiser steps in all (the cosine schedule ends there)")
     run.add_argument("--backbone-weights", help="local ImageNet backbone weights file (.pt state dict)")
@@ -123,17 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-evaluate", action="store_true", help="skip the evaluation at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
 
 
-def parse_shard_argument(text: str) -> ShardSourceConfig:
+def parse_shard_argument(text: str) -> ShardSource:
     """``DIR`` or ``DIR:WEIGHT`` (the part after the last colon is a weight only if it is a number)."""
     directory, separator, weight_text = text.rpartition(":")
     try:
         weight = float(weight_text) if separator else 1.0
     except ValueError:
         directory, weight = text, 1.0
-    return ShardSourceConfig(directory=str(resolve_config_path(directory or text)), weight=weight)
+    return ShardSource(directory=str(resolve_config_path(directory or text)), weight=weight)
 
 
 def _resolve_checkpoint(path: Path) -> Path:
@@ -163,7 +166,7 @@ def recipe_from_arguments(args: argparse.Namespace) -> tuple[TrainConfig, Path |
         data = dataclasses.replace(
             data,
             validation=tuple(
-                ShardSourceConfig(directory=str(resolve_config_path(text))) for text in args.val_shards
+                ShardSource(directory=str(resolve_config_path(text))) for text in args.val_shards
             ),
         )
     if args.train_frames is not None:
@@ -204,6 +207,7 @@ def recipe_from_arguments(args: argparse.Namespace) -> tuple[TrainConfig, Path |
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_for_cli()
     out_dir = None
     try:
         config, resume = recipe_from_arguments(args)
@@ -220,16 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"trained steps {outcome.start_step + 1}-{outcome.final_step} "
             f"({outcome.seconds_per_step:.2f} s/step); last checkpoint {outcome.last_checkpoint}"
         )
-        if config.run.evaluate_at_end and config.data.validation and outcome.last_checkpoint is not None:
-            device = resolve_device(config.run.device, DistributedContext())
-            report = evaluate_checkpoint(
-                outcome.last_checkpoint,
-                device=device,
-                batch_size=config.run.eval_batch_size,
-                progress=not args.quiet,
-            )
-            report.write_json(outcome.out_dir / EVALUATION_NAME)
-            print(report.summary())
+        if outcome.evaluation is not None:
+            print(outcome.evaluation.summary())
             print(f"evaluation written to {outcome.out_dir / EVALUATION_NAME}")
     except (
         MissingInputError,

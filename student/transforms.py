@@ -35,3 +35,14 @@ def boxes_to_original(placement: Placement, boxes: np.ndarray) -> np.ndarray:
     original = placement.to_source(boxes)
     limits = np.array([placement.source_width, placement.source_height] * 2, dtype=np.float32)
     return np.clip(original, 0, limits).astype(np.float32)
+
+
+def detections_to_original(placement: Placement, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Input-pixel detections -> (original-pixel boxes, which of them to keep).
+
+    A box that lies entirely on the letterbox border collapses to zero width or
+    height once clipped to the image: it covers no image pixel and is dropped.
+    """
+    original = boxes_to_original(placement, boxes)
+    has_area = (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1])
+    return original[has_area], has_area

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
+from tdt.process import configure_for_cli
 from teacher.cli import add_teacher_arguments, teacher_config_from_args
 from teacher.errors import TeacherError
 from teacher.model import Teacher, build_teacher
@@ -29,7 +29,7 @@ _DEFAULT_SEQUENCE = Path("MOT17-mini") / "MOT17-04-FRCNN"
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure_for_cli(torch_threads=args.threads)
     try:
         teacher = build_teacher(teacher_config_from_args(args), allow_random_weights=args.random_weights)
     except TeacherError as error:

@@ -18,9 +18,15 @@ from teacher.registry import (
 )
 
 
-def add_teacher_arguments(parser: argparse.ArgumentParser, *, default_name: str = DEFAULT_TEACHER) -> None:
+def add_teacher_arguments(
+    parser: argparse.ArgumentParser, *, default_name: str = DEFAULT_TEACHER, short_aliases: bool = False
+) -> None:
     """Add ``--teacher``, ``--teacher-weights``, ``--trust-teacher-pickle``, ``--teacher-device``,
-    ``--teacher-batch-size`` to ``parser``; read them back with :func:`teacher_config_from_args`."""
+    ``--teacher-batch-size`` to ``parser``; read them back with :func:`teacher_config_from_args`.
+
+    ``short_aliases`` also accepts ``--device`` and ``--batch-size`` for the last two, for a
+    command whose only model is the teacher (``pipeline.distill``).
+    """
     group = parser.add_argument_group("re-ID teacher")
     group.add_argument(
         "--teacher",
@@ -42,8 +48,20 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, default_name: str 
         help="allow unpickling a weights file that is not a plain state dict and not a known "
         "model-zoo file (unpickling can run code: only for files you trust)",
     )
-    group.add_argument("--teacher-device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    group.add_argument("--teacher-batch-size", type=int, default=64, help="crops per forward pass")
+    aliases = {"device": ("--device",), "batch_size": ("--batch-size",)} if short_aliases else {}
+    group.add_argument(
+        "--teacher-device",
+        *aliases.get("device", ()),
+        default="cpu",
+        help="torch device, e.g. cpu or cuda:0 (default %(default)s)",
+    )
+    group.add_argument(
+        "--teacher-batch-size",
+        *aliases.get("batch_size", ()),
+        type=int,
+        default=64,
+        help="crops per forward pass (default %(default)s)",
+    )
 
 
 def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:

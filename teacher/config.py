@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tdt.imagenet import IMAGENET_MEAN_RGB as IMAGENET_MEAN
+from tdt.imagenet import IMAGENET_STD_RGB as IMAGENET_STD
 from teacher.errors import TeacherError
 from teacher.registry import DEFAULT_TEACHER, WEIGHTS_ENV_VAR, teacher_spec
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 REID_INPUT_SIZE = (256, 128)  # height, width
 
 

@@ -32,6 +32,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from tdt.process import configure_for_cli
 from teacher.errors import TeacherError
 from teacher.registry import (
     MOBILENET_TEACHER,
@@ -251,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    configure_for_cli()
     try:
         path = ensure_mobilenet_weights(args.out, source=args.source)
     except WeightsFetchError as error:

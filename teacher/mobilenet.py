@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from teacher.errors import TeacherError
-from teacher.registry import weights_hint
 from teacher.state_dicts import StateDictError, map_mobilenet_v2_features
-from teacher.weights import WeightsFile
+from teacher.weights import WeightsFile, weights_do_not_fit
 
 
 class MobileNetV2Embedder(nn.Module):
@@ -28,10 +27,10 @@ class MobileNetV2Embedder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        # Imported on first build, not with the package (~1 s); see torchvision_compat for why.
-        import torchvision_compat
+        # Imported on first build, not with the package: torchvision is slow to import.
+        from tdt.torch_compat import import_torchvision
 
-        torchvision = torchvision_compat.import_torchvision()
+        torchvision = import_torchvision()
         self.features = torchvision.models.mobilenet_v2(weights=None).features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -45,16 +44,7 @@ def load_mobilenet_v2_weights(model: MobileNetV2Embedder, weights: WeightsFile, 
             weights.state_dict, model.features.state_dict(), source_name="the file"
         )
     except StateDictError as error:
-        known = ""
-        if weights.zoo_file is not None and weights.zoo_file.architecture != architecture:
-            known = (
-                f" This file is the known weights file {weights.zoo_file.file_name} for "
-                f"{weights.zoo_file.architecture}: use --teacher {weights.zoo_file.architecture} with it."
-            )
-        raise TeacherError(
-            f"teacher weights {weights.path} do not fit {architecture}: {error}.{known} "
-            f"{weights_hint(architecture)}"
-        ) from error
+        raise weights_do_not_fit(weights, architecture, str(error)) from error
     result = model.features.load_state_dict(mapped, strict=False)
     if result.unexpected_keys or any(not k.endswith(".num_batches_tracked") for k in result.missing_keys):
         raise TeacherError(f"teacher weights {weights.path} did not load cleanly into {architecture}")

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from malloc_tuning import keep_freed_memory
 from teacher.config import TeacherConfig
 from teacher.errors import RandomTeacherWeightsWarning, TeacherError
 from teacher.mobilenet import MobileNetV2Embedder, load_mobilenet_v2_weights
@@ -131,8 +130,11 @@ def build_teacher(config: TeacherConfig, *, allow_random_weights: bool = False) 
 
     Without a weights file this is a TeacherError unless ``allow_random_weights`` (unit tests and
     timing benchmarks only), which warns with :class:`RandomTeacherWeightsWarning`.
+
+    Changes no process-wide state beyond importing torchvision for the torchreid and MobileNetV2
+    architectures (see :mod:`tdt.torch_compat`); the allocator and thread set-up a long inference
+    run wants is the caller's choice (:mod:`tdt.process`).
     """
-    keep_freed_memory()
     spec = teacher_spec(config.name)
     device = _device(config.device)
     if config.weights is None:
@@ -156,7 +158,7 @@ def build_teacher(config: TeacherConfig, *, allow_random_weights: bool = False) 
     try:
         model.to(device, memory_format=torch.channels_last)
     except (RuntimeError, AssertionError) as error:
-        # torch raises these for devices that exist as names but not on this machine (e.g. "cuda").
+        # torch raises these for device names it knows but cannot use in this build (e.g. "cuda").
         raise TeacherError(f"cannot use device {config.device!r} for the teacher: {error}") from error
     return Teacher(model, config, weights_sha256=weights_sha256)
 
@@ -197,9 +199,10 @@ def _build_architecture(spec: TeacherSpec) -> nn.Module:
 
 
 def _torchreid_build_model() -> Callable[..., nn.Module]:
-    # Imported on first build, not with the package: torchreid (and torchvision) take ~1.5 s to import.
-    import torchvision_compat  # noqa: F401  (torchreid imports torchvision)
+    # Imported on first build, not with the package: torchreid and torchvision are slow to import.
+    from tdt.torch_compat import import_torchvision
 
+    import_torchvision()  # torchreid imports torchvision
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
         from torchreid.reid.models import build_model

@@ -110,15 +110,19 @@ def check_backbone_keys(
         )
         if found
     ]
+    raise weights_do_not_fit(weights, architecture, ", ".join(problems))
+
+
+def weights_do_not_fit(weights: WeightsFile, architecture: str, problem: str) -> TeacherError:
+    """The error for a file that does not fit ``architecture``; names the right one for a known zoo file."""
     known = ""
     if weights.zoo_file is not None and weights.zoo_file.architecture != architecture:
         known = (
             f" This file is the known weights file {weights.zoo_file.file_name} for "
             f"{weights.zoo_file.architecture}: use --teacher {weights.zoo_file.architecture} with it."
         )
-    raise TeacherError(
-        f"teacher weights {weights.path} do not fit {architecture}: {', '.join(problems)}.{known} "
-        f"{weights_hint(architecture)}"
+    return TeacherError(
+        f"teacher weights {weights.path} do not fit {architecture}: {problem}.{known} {weights_hint(architecture)}"
     )
 
 

@@ -87,7 +87,7 @@ def write_manifest(tmp_path: Path, name: str, text: str) -> DatasetManifest:
 SEQUENCE_MANIFEST = """\
 format: motchallenge
 description: a test sequence
-root: {default: seq, env: TDT_TEST_SEQUENCE_ROOT}
+root: {default: "${TDT_TEST_SEQUENCE_BASE:-.}/seq", env: TDT_TEST_SEQUENCE_ROOT}
 has_identities: true
 options: {gt_format: mot15}
 default_split: all
@@ -190,8 +190,15 @@ def test_unknown_split_is_refused(pets_dir: Path) -> None:
         ('sequences: ["."]', None),
         ('sequences: ["../elsewhere"]', r"'\.\.'"),
         ('sequences: ["/data/seq"]', r"absolute path"),
-        ('sequences: ["."], shards: 3', r"keys \['shards'\] do not apply"),
+        ('sequences: ["."], shards: 3', r"splits\.all: unknown key\(s\) shards; known keys: sequences"),
+        (
+            'sequences: ["."], annotations: [a.odgt]',
+            r"keys \['annotations'\] do not apply to format motchallenge",
+        ),
         ('sequences: ["."], frames: [5, 1]', r"first <= last"),
+        ('sequences: ["."], frames: [1, 2], frame_fraction: [0, 1]', r"frames or frame_fraction, not both"),
+        ('sequences: ["."], frames: [1, true]', r"splits\.all\.frames.*expected an integer, got True"),
+        ("sequences: []", r"splits\.all\.sequences must be a non-empty list"),
     ],
 )
 def test_manifest_is_validated(tmp_path: Path, change: str, message: str | None) -> None:
@@ -201,6 +208,65 @@ def test_manifest_is_validated(tmp_path: Path, change: str, message: str | None)
     else:
         with pytest.raises(PipelineError, match=message):
             write_manifest(tmp_path, "bad", text)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("has_identities: true", "has_identities: yes please", r"has_identities: expected true or false"),
+        ("default_split: all", "default_split: test", r"default_split 'test' is not one of the splits"),
+        (
+            "options: {gt_format: mot15}",
+            "options: {gt_format: mot99}",
+            r"gt_format='mot99' must be mot15 or mot17",
+        ),
+        (
+            "options: {gt_format: mot15}",
+            "options: {box_field: fbox}",
+            r"'box_field' does not apply to format",
+        ),
+        ("format: motchallenge", "format: kitti", r"manifest\.format: 'kitti' is not one of"),
+        (
+            "description: a test sequence",
+            "description: a\ndescription: b",
+            r"bad\.yaml.*duplicate key 'description'",
+        ),
+        ("env: TDT_TEST_SEQUENCE_ROOT", "env: 'not a name'", r"'not a name' is not an environment variable"),
+        ("has_identities: true", "has_identities: true\nshards: 3", r"manifest: unknown key\(s\) shards"),
+    ],
+)
+def test_manifest_document_errors_name_the_file_and_key(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    assert old in SEQUENCE_MANIFEST
+    with pytest.raises(PipelineError, match=message) as caught:
+        write_manifest(tmp_path, "bad", SEQUENCE_MANIFEST.replace(old, new))
+    assert str(tmp_path / "manifests" / "bad.yaml") in str(caught.value)
+
+
+def test_root_default_follows_the_one_path_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A default starting with a fallback is relative to the folder holding manifests/; others to the cwd."""
+    (tmp_path / "seq").mkdir()
+    manifest = write_manifest(tmp_path, "seq", SEQUENCE_MANIFEST)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "mine" / "seq").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("TDT_TEST_SEQUENCE_ROOT", raising=False)
+    monkeypatch.delenv("TDT_TEST_SEQUENCE_BASE", raising=False)
+    assert resolve_root(manifest) == (tmp_path / "seq").resolve()
+    monkeypatch.setenv("TDT_TEST_SEQUENCE_BASE", "mine")
+    assert resolve_root(manifest) == (elsewhere / "mine" / "seq").resolve()
+    (elsewhere / "plain").mkdir()
+    plain = write_manifest(
+        tmp_path, "plain", SEQUENCE_MANIFEST.replace('"${TDT_TEST_SEQUENCE_BASE:-.}/seq"', "plain")
+    )
+    assert resolve_root(plain) == (elsewhere / "plain").resolve()
+    needs = write_manifest(tmp_path, "needs", SEQUENCE_MANIFEST.replace(":-.}", "}"))
+    monkeypatch.delenv("TDT_TEST_SEQUENCE_BASE")
+    with pytest.raises(
+        PipelineError, match=r"needs\.yaml: root\.default .* needs \$\{TDT_TEST_SEQUENCE_BASE\}"
+    ):
+        resolve_root(needs)
 
 
 # ---------------------------------------------------------------- MOTChallenge, real data

@@ -212,6 +212,50 @@ def test_a_different_run_in_the_same_directory_needs_overwrite(
     assert verify_directory(copy_of)[0] == []
 
 
+def test_in_process_run_leaves_the_torch_thread_count_alone(tmp_path, pets_dir, osnet_x0_25_msmt17):
+    import torch
+
+    manifest = _write_manifest(tmp_path / "two.yaml", pets_dir, (1, 2))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # not the 1 a Dask worker sets for itself
+    try:
+        assert (
+            distill_main(_distill_args(manifest, osnet_x0_25_msmt17, tmp_path / "out", "--workers", "0")) == 0
+        )
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_options_become_a_typed_config_with_the_shared_teacher_options(tmp_path):
+    from pipeline.distill import build_parser, config_from_args
+    from teacher import DEFAULT_TEACHER
+
+    args = build_parser().parse_args(["--dataset", "pets09-s2l1-half1", "--root", str(tmp_path)])
+    config = config_from_args(args)
+    assert config.teacher.name == DEFAULT_TEACHER and config.teacher.batch_size == 64
+    assert config.dataset.root == tmp_path and config.output.out_dir is None and config.cluster.workers >= 1
+    short = ["--manifest", "m.yaml", "--batch-size", "16", "--device", "cuda:1", "--workers", "0"]
+    long = [
+        "--manifest",
+        "m.yaml",
+        "--teacher-batch-size",
+        "16",
+        "--teacher-device",
+        "cuda:1",
+        "--workers",
+        "0",
+    ]
+    for options in (short, long):
+        config = config_from_args(build_parser().parse_args(options))
+        assert (config.teacher.batch_size, config.teacher.device) == (16, "cuda:1")
+        assert (
+            config.dataset.manifest == "m.yaml"
+            and config.dataset.root is None
+            and config.cluster.workers == 0
+        )
+
+
 def _run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.distill", *args],

@@ -1,4 +1,4 @@
-"""glibc allocator tuning (malloc_tuning.keep_freed_memory)."""
+"""glibc allocator tuning (tdt.malloc.keep_freed_memory)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from malloc_tuning import keep_freed_memory
+from tdt.malloc import applied_in_this_process, keep_freed_memory
 
 
 @pytest.mark.skipif(
@@ -15,6 +15,6 @@ from malloc_tuning import keep_freed_memory
     reason="mallopt is glibc-only; this machine has no glibc",
 )
 def test_thresholds_are_accepted_by_glibc() -> None:
-    keep_freed_memory.cache_clear()
     assert keep_freed_memory() is True
-    assert keep_freed_memory() is True  # idempotent (cached)
+    assert applied_in_this_process()
+    assert keep_freed_memory() is True  # idempotent

@@ -146,6 +146,36 @@ def test_unusable_files_are_refused_naming_the_file(tmp_path, damage):
         load_checkpoint(path)
 
 
+def test_training_state_travels_in_typed_fields(tmp_path):
+    mean = torch.linspace(-1, 1, 8)
+    scaler_state = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000}
+    checkpoint = _checkpoint(teacher_mean_embedding=mean, grad_scaler_state=scaler_state)
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "typed.pt", checkpoint))
+    torch.testing.assert_close(loaded.teacher_mean_embedding, mean)
+    assert loaded.grad_scaler_state == scaler_state
+    assert loaded.criterion_state["weight"].shape == (3, 4)
+    assert dict(loaded.extra) == {"epoch": 1, "draws_in_epoch": 12}
+
+
+def test_checkpoints_of_the_older_layout_still_load(tmp_path):
+    """Before the typed fields, training state travelled in ``extra`` and model configs had no family."""
+    criterion_state = nn.Linear(4, 3).state_dict()
+    mean = torch.ones(8)
+    older = _checkpoint(
+        criterion_state=None,
+        extra={"criterion_state": criterion_state, "teacher_mean_embedding": mean, "train_images": 5},
+    )
+    assert "family" not in older.model_config and "family" not in older.config["model"]
+    path = save_checkpoint(tmp_path / "older.pt", older)
+    loaded = load_checkpoint(path, expected_config={**MODEL_CONFIG, "family": "retinanet"})
+    torch.testing.assert_close(loaded.criterion_state["weight"], criterion_state["weight"])
+    torch.testing.assert_close(loaded.teacher_mean_embedding, mean)
+    assert dict(loaded.extra) == {"train_images": 5}
+    assert loaded.model_config["family"] == loaded.config["model"]["family"] == "retinanet"
+    with pytest.raises(CheckpointError, match="family: checkpoint 'retinanet', expected 'anchor_free'"):
+        load_checkpoint(path, expected_config={**MODEL_CONFIG, "family": "anchor_free"})
+
+
 def test_saves_are_atomic_and_leave_no_temporary_files(tmp_path, monkeypatch):
     path = save_checkpoint(tmp_path / "model.pt", _checkpoint(step=1))
     good = path.read_bytes()

@@ -19,18 +19,11 @@ from student_fixtures import (
 )
 from torch.utils.data import DataLoader
 
-from student.augment import IMAGENET_MEAN_BGR_UINT8
-from student.data import (
-    IMAGENET_MEAN_RGB,
-    IMAGENET_STD_RGB,
-    DatasetOptions,
-    MixingSampler,
-    SampleKey,
-    ShardSource,
-    StudentDataError,
-    StudentDataset,
-    collate,
-)
+from student.data import DatasetOptions, SampleKey, StudentDataError, StudentDataset, collate
+from student.selection import DrawStream, select_images
+from student.sources import ShardSource
+from tdt.config import ConfigError
+from tdt.imagenet import IMAGENET_MEAN_BGR_UINT8, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
 INPUT_SIZE = (432, 576)
 
@@ -103,12 +96,9 @@ def test_letterbox_pads_a_different_aspect_and_maps_back_within_a_pixel(pets_sha
 def test_pixel_scalings_agree(pets_shards):
     unit, _ = _validation([pets_shards])[0]
     normalised, _ = _validation([pets_shards], pixel_scaling="imagenet")[0]
-    raw, _ = _validation([pets_shards], pixel_scaling="uint8")[0]
     mean = torch.tensor(IMAGENET_MEAN_RGB).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD_RGB).view(3, 1, 1)
     torch.testing.assert_close(normalised, (unit - mean) / std)
-    assert raw.dtype == torch.uint8
-    torch.testing.assert_close(raw.float() / 255, unit)
 
 
 def test_training_items_are_deterministic_per_key_and_boxes_stay_inside(pets_shards):
@@ -131,29 +121,29 @@ def test_training_items_are_deterministic_per_key_and_boxes_stay_inside(pets_sha
         assert target["embeddings"].shape == (count, 16)
 
 
-def test_loader_batches_with_mixing_sampler_and_collate(pets_shards):
-    dataset = _training([pets_shards])
-    sampler = MixingSampler(dataset, num_samples=4, seed=1)
-    loader = DataLoader(dataset, batch_size=2, sampler=sampler, collate_fn=collate)
-    batches = list(loader)
-    assert len(batches) == 2
-    images, targets = batches[0]
+def test_loader_batches_with_the_draw_stream_and_collate(pets_shards):
+    sources = [ShardSource(pets_shards)]
+    dataset = _training(sources)
+    selection, _ = select_images(dataset, sources)
+    stream = DrawStream(selection, seed=1)
+    batches = iter(DataLoader(dataset, batch_size=2, sampler=stream, collate_fn=collate))
+    images, targets = next(batches)
     assert images.shape == (2, 3, *INPUT_SIZE) and len(targets) == 2
     assert all(t["boxes"].shape[1] == 4 for t in targets)
+    assert [t["image_id"] for t in targets] == [stream.key_at(0).index, stream.key_at(1).index]
 
 
-def test_sampler_follows_weights_is_seeded_and_resumes(pets_shards, pets_dir, tmp_path):
+def test_draw_stream_follows_weights_per_source_and_reshuffles_each_epoch(pets_shards, pets_dir, tmp_path):
     small = write_pets_shard_dir(tmp_path / "small", pets_dir, frames=(133,), negative_frames=())
-    dataset = _training([ShardSource(pets_shards, weight=1.0), ShardSource(small, weight=3.0)])
-    sampler = MixingSampler(dataset, num_samples=2000, seed=9)
-    draws = sampler.draws(epoch=0)
+    sources = [ShardSource(pets_shards, weight=1.0), ShardSource(small, weight=3.0)]
+    dataset = _training(sources)
+    selection, _ = select_images(dataset, sources)
+    stream = DrawStream(selection, seed=9)
+    draws = np.array([stream.key_at(position).index for position in range(2000)])
     from_small = (draws >= dataset.source_sizes[0]).mean()
     assert abs(from_small - 0.75) < 0.05, "mixing weights are per source, not per image"
-    np.testing.assert_array_equal(draws, MixingSampler(dataset, num_samples=2000, seed=9).draws(0))
-    assert not np.array_equal(draws, sampler.draws(epoch=1))
-    full = list(sampler)
-    sampler.set_epoch(0, start_draw=1500)
-    assert list(sampler) == full[1500:] and len(sampler) == 500
+    assert len({tuple(stream.epoch_draws(epoch)) for epoch in range(5)}) > 1, "every epoch drew the same"
+    np.testing.assert_array_equal(stream.epoch_draws(3), DrawStream(selection, seed=9).epoch_draws(3))
 
 
 def test_identity_offsets_keep_sources_apart(pets_dir, tmp_path):
@@ -230,7 +220,7 @@ def test_missing_dataset_root_is_reported_up_front(pets_shards, tmp_path):
 
 
 def test_source_weight_must_be_positive(pets_shards):
-    with pytest.raises(StudentDataError, match="weight"):
+    with pytest.raises(ConfigError, match="weight"):
         ShardSource(pets_shards, weight=0.0)
 
 

@@ -14,8 +14,10 @@ from student.checkpoint import TrainingCheckpoint, save_checkpoint
 from student.config import ModelConfig
 from student.data import DatasetOptions, StudentDataset
 from student.evaluate import FidelityAccumulator, evaluate_model, greedy_matches, main
-from student.model import build_student
-from student.trainer import DataConfig, ShardSourceConfig, TrainConfig, select_images
+from student.families import build_student
+from student.recipe import DataConfig, TrainConfig
+from student.selection import select_images
+from student.sources import ShardSource
 
 TINY_MODEL = ModelConfig(
     backbone="mobilenet_v2_fpn",
@@ -140,7 +142,7 @@ def test_detection_only_students_report_ap_only(pets_shards):
 def _checkpoint(path: Path, shards: Path, teacher_id: str) -> Path:
     torch.manual_seed(0)
     model = build_student(TINY_MODEL, warn_if_random_backbone=False)
-    validation = ShardSourceConfig(directory=str(shards), frames=(140, 260))
+    validation = ShardSource(directory=str(shards), frames=(140, 260))
     config = TrainConfig(model=TINY_MODEL, data=DataConfig(train=(validation,), validation=(validation,)))
     dataset = StudentDataset([shards], DatasetOptions(input_size=TINY_MODEL.input_size, mode="validation"))
     _, mean = select_images(dataset, [validation], TINY_MODEL.embedding_dim)
@@ -152,7 +154,7 @@ def _checkpoint(path: Path, shards: Path, teacher_id: str) -> Path:
             model_config=TINY_MODEL.to_dict(),
             config=config.to_dict(),
             teacher_id=teacher_id,
-            extra={"teacher_mean_embedding": torch.from_numpy(mean)},
+            teacher_mean_embedding=torch.from_numpy(mean),
         ),
     )
 

@@ -306,7 +306,7 @@ def test_loss_config_round_trip_and_strictness(tmp_path: Path):
     config.to_yaml(tmp_path / "loss.yaml")
     assert LossConfig.from_yaml(tmp_path / "loss.yaml") == config
     assert isinstance(LossConfig.from_dict({"box_weight": 20}).box_weight, float)
-    with pytest.raises(ConfigError, match="unknown LossConfig key"):
+    with pytest.raises(ConfigError, match="LossConfig: unknown key"):
         LossConfig.from_dict({"box_wieght": 20})
     with pytest.raises(ConfigError, match="embedding_loss"):
         LossConfig.from_dict({"embedding_loss": "triplet"})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -11,15 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from student import Detector, ModelConfig, StudentOutputs, build_student, postprocess
+import student
+from student import Detector, LossConfig, ModelConfig, StudentOutputs, build_student, families, postprocess
 from student.anchors import (
     AnchorGrid,
     cell_anchor_shapes,
     feature_sizes_for_input,
     torchvision_aspect_ratios,
 )
+from student.api import load_student
 from student.backbones import BackboneWeightsError, load_backbone_weights, read_state_dict
-from student.config import FPN_STRIDES, ConfigError
+from student.checkpoint import CheckpointError, TrainingCheckpoint, save_checkpoint
+from student.config import FPN_STRIDES, MODEL_FAMILY_NAMES, ConfigError
 from student.transforms import bgr_to_input_tensor, boxes_to_original
 
 SMALL_INPUT = (128, 160)
@@ -57,7 +62,7 @@ def test_model_config_yaml_round_trip(tmp_path: Path):
 
 
 def test_model_config_is_strict():
-    with pytest.raises(ConfigError, match="unknown ModelConfig key"):
+    with pytest.raises(ConfigError, match="ModelConfig: unknown key"):
         ModelConfig.from_dict({"backbone": "resnet34_fpn", "head_widht": 128})
     with pytest.raises(ConfigError, match="backbone"):
         ModelConfig.from_dict({"backbone": "vgg16"})
@@ -70,6 +75,68 @@ def test_model_config_is_strict():
 def test_null_embedding_dim_means_detection_only():
     config = ModelConfig.from_dict({"embedding_dim": None})
     assert config.embedding_dim == 0 and not config.has_embedding_head
+
+
+# --- model families -------------------------------------------------------------------
+
+
+def test_every_configurable_family_has_a_registry_entry_and_the_registry_builds_it(monkeypatch):
+    assert set(MODEL_FAMILY_NAMES) == set(families.FAMILIES)
+    assert ModelConfig().family == "retinanet"
+    with pytest.raises(ConfigError, match="family"):
+        ModelConfig.from_dict({"family": "anchor_free"})
+    # build_student / build_criterion go through the entry of the config's family
+    built = []
+
+    def detector(config):
+        built.append(("detector", config.family))
+        return torch.nn.Module()
+
+    def criterion(loss_config, model_config, num_identities):
+        built.append(("criterion", num_identities))
+        return torch.nn.Module()
+
+    monkeypatch.setitem(
+        families.FAMILIES, "retinanet", families.ModelFamily("retinanet", detector, criterion)
+    )
+    families.build_criterion(LossConfig(), small_config(), num_identities=7)
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        build_student(small_config())
+    assert built == [("criterion", 7), ("detector", "retinanet")]
+
+
+def test_a_checkpoint_of_another_family_is_refused_naming_the_family(tmp_path: Path):
+    config = small_config(backbone="mobilenet_v2_fpn")
+    model = build_student(config, warn_if_random_backbone=False)
+    path = save_checkpoint(
+        tmp_path / "other.pt",
+        TrainingCheckpoint(
+            step=1, model_state=model.state_dict(), model_config={**config.to_dict(), "family": "anchor_free"}
+        ),
+    )
+    with pytest.raises(CheckpointError, match="family: checkpoint 'anchor_free', expected 'retinanet'"):
+        load_student(path, expected_config=config)
+    with pytest.raises(CheckpointError, match="family"):
+        student.load(path)
+
+
+def test_loading_a_student_leaves_the_process_settings_alone(tmp_path: Path):
+    """A library call must not retune the allocator or torch's threads (only CLIs opt in)."""
+    config = small_config(backbone="mobilenet_v2_fpn")
+    model = build_student(config, warn_if_random_backbone=False)
+    path = save_checkpoint(
+        tmp_path / "s.pt",
+        TrainingCheckpoint(step=1, model_state=model.state_dict(), model_config=config.to_dict()),
+    )
+    script = (
+        "import torch, student, tdt.malloc\n"
+        "before = torch.get_num_threads()\n"
+        f"student.load({str(path)!r})\n"
+        "print(tdt.malloc.applied_in_this_process(), torch.get_num_threads() == before)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
 
 
 # --- anchors --------------------------------------------------------------------------

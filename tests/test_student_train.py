@@ -1,4 +1,4 @@
-"""student.train / student.trainer on real PETS09 frames: recipes, record selection, the loop,
+"""student.train / student.engine on real PETS09 frames: recipes, record selection, the loop,
 checkpoints, exact resume, architecture checks, student.load and the CLI.
 
 Training runs here use one torch thread: on shared CI cores OpenMP's spin-waiting
@@ -29,22 +29,21 @@ from student.augment import AugmentConfig
 from student.checkpoint import CheckpointError, load_checkpoint
 from student.config import ConfigError, LossConfig, ModelConfig
 from student.data import StudentDataset
+from student.engine import train
 from student.evaluate import evaluate_checkpoint
-from student.train import build_parser, main, parse_shard_argument, recipe_from_arguments
-from student.trainer import (
+from student.recipe import (
     CONFIGS_DIR,
     DataConfig,
-    DrawStream,
     OptimConfig,
     RunConfig,
-    ShardSourceConfig,
     TrainConfig,
     load_train_config,
     recipe_differences,
     resolve_config_path,
-    select_images,
-    train,
 )
+from student.selection import DrawStream, select_images
+from student.sources import ShardSource
+from student.train import build_parser, main, parse_shard_argument, recipe_from_arguments
 
 # several tests train and validate on the same few frames on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:.*validation images are also training images:UserWarning")
@@ -70,7 +69,7 @@ def pets_shards(pets_dir: Path, tmp_path_factory) -> Path:
 
 
 def tiny_config(shards: Path, out_dir: Path, backbone_weights: Path, **optim_changes) -> TrainConfig:
-    source = ShardSourceConfig(directory=str(shards))
+    source = ShardSource(directory=str(shards))
     return TrainConfig(
         model=TINY_MODEL,
         data=DataConfig(train=(source,), validation=(source,)),
@@ -122,6 +121,7 @@ def test_every_shipped_recipe_loads_strictly_and_the_twins_differ_only_where_the
         ("model: {}\ndata: {train: [{directory: x, frames: [5]}]}\n", "frames"),
         ("model: {}\ndata: {train: [{directory: x}]}\naugment: {min_scale: 0}\n", "min_scale"),
         ("model: {}\n", "data"),
+        ("model: {}\nmodel: {}\ndata: {train: [{directory: x}]}\n", "duplicate key 'model'"),
     ],
 )  # fmt: skip
 def test_unknown_keys_and_bad_values_are_refused_with_their_name(tmp_path, text, named):
@@ -174,8 +174,8 @@ def test_command_line_options_override_the_recipe(tmp_path, monkeypatch):
 
 # ---- record selection and the draw stream ----------------------------------------------------
 def test_frame_ranges_select_records_and_draws_cover_them_deterministically(pets_shards):
-    source = ShardSourceConfig(directory=str(pets_shards), frames=(140, 260))
-    dataset = StudentDataset([source.to_shard_source()], _options())
+    source = ShardSource(directory=str(pets_shards), frames=(140, 260))
+    dataset = StudentDataset([source], _options())
     selection, mean = select_images(dataset, [source], embedding_dim=8)
     assert [dataset.record(i).frame for i in selection.all_indices()] == [150, 200, 250]
     assert mean is not None and mean.shape == (8,)
@@ -191,15 +191,15 @@ def test_frame_ranges_select_records_and_draws_cover_them_deterministically(pets
     interleaved = [ranks[p % 2].key_at(p // 2) for p in range(6)]
     assert interleaved == [stream.key_at(p) for p in range(6)]
     with pytest.raises(ConfigError, match="select no images"):
-        empty = ShardSourceConfig(directory=str(pets_shards), frames=(1000, 2000))
+        empty = ShardSource(directory=str(pets_shards), frames=(1000, 2000))
         select_images(dataset, [empty])
 
 
 def test_mixing_weights_set_each_sources_share_of_draws(pets_dir, tmp_path):
     first = write_pets_shard_dir(tmp_path / "first", pets_dir)
     second = write_pets_shard_dir(tmp_path / "second", pets_dir)
-    sources = [ShardSourceConfig(str(first), weight=3.0), ShardSourceConfig(str(second), weight=1.0)]
-    dataset = StudentDataset([source.to_shard_source() for source in sources], _options())
+    sources = [ShardSource(str(first), weight=3.0), ShardSource(str(second), weight=1.0)]
+    dataset = StudentDataset(sources, _options())
     selection, _ = select_images(dataset, sources)
     stream = DrawStream(selection, seed=0)
     draws = np.array([stream.key_at(position).index for position in range(4000)])
@@ -250,16 +250,22 @@ def test_training_writes_checkpoints_logs_and_tensorboard(tiny_run):
     assert checkpoint.shard_sources[0]["images"] == len(BUSY_PETS_FRAMES) + 1
     assert TrainConfig.from_dict(checkpoint.config) == config
     assert checkpoint.rng_state is not None and checkpoint.optimizer_state is not None
-    assert checkpoint.extra["teacher_mean_embedding"].shape == (TINY_MODEL.embedding_dim,)
+    assert checkpoint.teacher_mean_embedding.shape == (TINY_MODEL.embedding_dim,)
+    assert checkpoint.criterion_state is not None and "criterion_state" not in checkpoint.extra
+    # run.evaluate_at_end is the library's to honour, not only the command line's
+    assert outcome.evaluation is not None and outcome.evaluation.images == len(BUSY_PETS_FRAMES) + 1
+    assert json.loads((out_dir / "evaluation.json").read_text())["settings"]["step"] == 4
 
 
 def test_resume_continues_with_the_same_losses_as_an_uninterrupted_run(tiny_run, tmp_path):
     config, uninterrupted = tiny_run
     resumed_config = dataclasses.replace(
-        config, run=dataclasses.replace(config.run, out_dir=str(tmp_path), tensorboard=False)
+        config,
+        run=dataclasses.replace(config.run, out_dir=str(tmp_path), tensorboard=False, evaluate_at_end=False),
     )
     resumed = train(resumed_config, resume=uninterrupted.out_dir / "step_000002.pt", progress=False)
     assert resumed.start_step == 2
+    assert resumed.evaluation is None and not (tmp_path / "evaluation.json").exists()
     assert resumed.step_losses == uninterrupted.step_losses[2:]
     final_a = load_checkpoint(uninterrupted.out_dir / "last.pt").model_state
     final_b = load_checkpoint(tmp_path / "last.pt").model_state
@@ -355,7 +361,7 @@ def teacher_shards(pets_dir, osnet_x0_25_msmt17, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def overfitted(teacher_shards, mobilenet_v2_features, tmp_path_factory):
-    source = ShardSourceConfig(directory=str(teacher_shards))
+    source = ShardSource(directory=str(teacher_shards))
     model = ModelConfig(
         backbone="mobilenet_v2_fpn",
         trainable_backbone_stages=2,
@@ -392,8 +398,9 @@ def overfitted(teacher_shards, mobilenet_v2_features, tmp_path_factory):
     initial_path = Path(config.run.out_dir) / "untrained.pt"
     _save_untrained(untrained, config, teacher_shards, initial_path)
     initial = evaluate_checkpoint(initial_path)
-    outcome = train(config, progress=False)
-    return outcome, initial, evaluate_checkpoint(outcome.out_dir / "last.pt")
+    outcome = train(config, progress=False)  # run.evaluate_at_end: evaluates last.pt on the validation source
+    assert outcome.evaluation is not None
+    return outcome, initial, outcome.evaluation
 
 
 def test_overfitting_real_frames_lowers_the_loss_and_raises_ap_and_fidelity(overfitted):

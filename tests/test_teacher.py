@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import torchvision_compat  # noqa: F401  (before torchreid, which imports torchvision)
+from tdt.torch_compat import import_torchvision
 from teacher import (
     RANDOM_WEIGHTS,
     TEACHER_NAMES,
@@ -80,6 +80,7 @@ def real_frames(pets_dir: Path, mot17_mini_dir: Path) -> list[tuple[str, np.ndar
 def test_parity_with_torchreid_feature_extractor(
     msmt17_teacher: Teacher, osnet_x0_25_msmt17: Path, pets_dir: Path, mot17_mini_dir: Path
 ) -> None:
+    import_torchvision()  # torchreid imports torchvision
     from torchreid.reid.utils import FeatureExtractor
 
     extractor = FeatureExtractor(

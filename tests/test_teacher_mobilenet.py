@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import torchvision_compat
+from tdt.torch_compat import import_torchvision
 from teacher import (
     KNOWN_ZOO_WEIGHTS,
     MOBILENET_TEACHER,
@@ -49,7 +49,7 @@ def mobilenet_teacher(mobilenet_v2_features: Path) -> Teacher:
 
 def reference_features(weights: Path) -> torch.nn.Module:
     """torchvision's mobilenet_v2().features with the file loaded by renaming keys explicitly."""
-    torchvision = torchvision_compat.import_torchvision()
+    torchvision = import_torchvision()
     features = torchvision.models.mobilenet_v2(weights=None).features.eval()
     renamed = {}
     for key, tensor in torch.load(weights, map_location="cpu", weights_only=True).items():

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tdt.config import ConfigError
 from tracker import FrameTracks, Tracker, TrackerConfig, TrackerConfigError
 
 DIM = 8
@@ -292,13 +293,13 @@ def test_config_defaults_are_fairmot_and_round_trip_through_dicts():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"det_tresh": 0.5}, "unknown TrackerConfig key"),
-        ({"track_buffer": 2.5}, "track_buffer must be an integer"),
+        ({"det_tresh": 0.5}, r"TrackerConfig: unknown key\(s\) det_tresh"),
+        ({"track_buffer": 2.5}, "track_buffer: expected an integer"),
         ({"track_buffer": -1}, "track_buffer must be >= 0"),
         ({"embedding_weight": 1.5}, "embedding_weight"),
         ({"feature_momentum": 1.0}, "feature_momentum"),
         ({"min_score": float("nan")}, "finite"),
-        ({"det_thresh": "0.4"}, "must be a number"),
+        ({"det_thresh": "0.4"}, "det_thresh: expected a number"),
         ({"gating_threshold": 0}, "gating_threshold must be > 0"),
     ],
 )
@@ -307,12 +308,31 @@ def test_config_rejects_bad_values(values, message):
         TrackerConfig.from_dict(values)
 
 
+def test_config_checks_values_built_in_code_too():
+    with pytest.raises(TrackerConfigError, match="track_buffer must be an integer"):
+        TrackerConfig(track_buffer=2.5)  # type: ignore[arg-type]
+    with pytest.raises(TrackerConfigError, match="det_thresh must be a number"):
+        TrackerConfig(det_thresh="0.4")  # type: ignore[arg-type]
+
+
+def test_config_yaml_round_trip_and_errors_name_the_file(tmp_path):
+    path = tmp_path / "tracker.yaml"
+    TrackerConfig(track_buffer=60, embedding_weight=0.5).to_yaml(path)
+    assert TrackerConfig.from_yaml(path) == TrackerConfig(track_buffer=60, embedding_weight=0.5)
+    path.write_text("min_score: 0.3\nmin_score: 0.5\n")
+    with pytest.raises(ConfigError, match=r"tracker\.yaml.*duplicate key 'min_score'"):
+        TrackerConfig.from_yaml(path)
+    path.write_text("track_buffer: -2\n")
+    with pytest.raises(TrackerConfigError, match=r"tracker\.yaml: TrackerConfig: track_buffer must be >= 0"):
+        TrackerConfig.from_yaml(path)
+
+
 # --- package boundaries --------------------------------------------------------------------------
 
 
 def test_tracker_package_never_imports_torch_student_or_teacher():
     code = (
-        "import sys, tracker, tracker.evaluation, tracker.metrics, tracker.mot_format; "
+        "import sys, tracker, tracker.evaluation, tracker.matching, tdt.boxes, tdt.detection_ap; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'student', 'teacher')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -224,7 +224,7 @@ def test_track_errors_exit_2_with_one_line(tmp_path, pets_dir, checkpoints, no_t
     config.write_text("min_score: 0.3\nbuffer: 10\n")
     arguments = [*base, "--checkpoint", str(checkpoints["one-stage"]), "--tracker-config", str(config)]
     assert track.main(arguments) == 2
-    assert "unknown TrackerConfig key(s): buffer" in only_error_line(capsys.readouterr().err)
+    assert "TrackerConfig: unknown key(s) buffer" in only_error_line(capsys.readouterr().err)
 
     assert track.main([*base[2:], "--input", str(tmp_path / "nothing"), "--checkpoint", "x.pt"]) == 2
     assert "no such video file or folder" in only_error_line(capsys.readouterr().err)
@@ -300,7 +300,7 @@ def test_module_help_and_error_exit_codes(tmp_path, pets_dir):
 def test_cli_limits_numpy_blas_to_one_thread_unless_the_user_chose(monkeypatch):
     from threadpoolctl import ThreadpoolController, threadpool_limits
 
-    from tracker.timing import BLAS_THREADS_VARIABLE, limit_numpy_blas_threads
+    from tracker.cli import BLAS_THREADS_VARIABLE, limit_numpy_blas_threads
 
     def openblas_threads() -> set[int]:
         return {i["num_threads"] for i in ThreadpoolController().info() if i["internal_api"] == "openblas"}

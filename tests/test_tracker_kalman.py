@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tdt.boxes import box_iou, tlbr_to_xyah, xyah_to_tlbr
 from tracker import Tracker, TrackerConfig
-from tracker.boxes import box_iou, tlbr_to_xyah, xyah_to_tlbr
 from tracker.kalman import CHI2_95_4DOF, KalmanFilterXYAH
 from tracker.matching import linear_assignment
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from tracker import ImageDetections, ImageGroundTruth, average_precision
-from tracker.boxes import box_iou
+from tdt.boxes import box_iou
+from tdt.detection_ap import ImageDetections, ImageGroundTruth, average_precision
 
 A = [0.0, 0.0, 10.0, 10.0]
 B = [20.0, 0.0, 30.0, 10.0]

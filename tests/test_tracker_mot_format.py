@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tdt.boxes import tlwh_to_tlbr
 from tracker import (
     Tracker,
     TrackerConfig,
@@ -14,7 +15,6 @@ from tracker import (
     write_mot_results,
 )
 from tracker.association import FrameTracks
-from tracker.boxes import tlwh_to_tlbr
 from tracker.mot_format import MotFormatError
 
 

@@ -15,9 +15,9 @@ import pytest
 
 from tracker import Tracker, TrackerConfig
 from tracker.evaluation import evaluate_sequences
+from tracker.run import track_frames
 from tracker.sequence import FrameRange, open_sequence
 from tracker.sources import OracleDetection, OraclePerturbation, source_frames
-from tracker.track import track_frames
 
 FRAMES = FrameRange(1, 150)
 PERTURBATION = OraclePerturbation(jitter=0.08, drop_rate=0.3, seed=0)

@@ -29,8 +29,8 @@ from tracker.sources import (
     SourceError,
     TwoStageDetection,
     embed_with_teacher,
+    load_teacher,
     source_frames,
-    teacher_from_args,
     visible_mask,
 )
 from tracker.timing import FrameTiming, TimingSummary
@@ -63,7 +63,7 @@ class StubTeacher:
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    # On the shared 2-core machine a second torch thread spin-waits for a busy core (10x slower).
+    # Plumbing only: one intra-op thread keeps these tiny models from waiting on busy cores.
     torch = pytest.importorskip("torch")
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -318,15 +318,17 @@ def test_two_stage_source_embeds_only_what_the_tracker_keeps(pets_dir, tiny_dete
 
 
 def test_teacher_options_need_weights(monkeypatch, tmp_path):
-    from tracker.sources import add_teacher_options
+    from tracker.cli import add_teacher_options, teacher_config_from_args
 
     monkeypatch.delenv("TDT_TEACHER_WEIGHTS", raising=False)
     parser = argparse.ArgumentParser()
     add_teacher_options(parser, default_name="osnet_x0_25")
     with pytest.raises(SourceError, match="needs weights.*osnet_x0_25_msmt17.pth"):
-        teacher_from_args(parser.parse_args([]))
+        load_teacher(teacher_config_from_args(parser.parse_args([])))
     with pytest.raises(SourceError, match="no such teacher weights file"):
-        teacher_from_args(parser.parse_args(["--teacher-weights", str(tmp_path / "none.pth")]))
+        load_teacher(
+            teacher_config_from_args(parser.parse_args(["--teacher-weights", str(tmp_path / "none.pth")]))
+        )
 
 
 # ---- timing and rendering ----------------------------------------------------------------------
@@ -390,7 +392,8 @@ def test_video_writer_writes_every_frame(tmp_path, pets_dir):
 def test_tracker_modules_stay_torch_free_until_a_model_is_loaded():
     code = (
         "import sys, tracker.sources, tracker.sequence, tracker.timing, tracker.render, "
-        "tracker.track, tracker.compare; "
+        "tracker.run, tracker.scoring, tracker.report, tracker.chart, tracker.comparison, "
+        "tracker.tracking, tracker.cli, tracker.track, tracker.compare; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'student', 'teacher')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -1,13 +1,16 @@
 """Association, MOT output and evaluation on plain numpy arrays.
 
 Never imports torch, ``student`` or ``teacher`` (only the frame-source adapters
-may). ``tracker.evaluation`` (motmetrics, pandas) is imported on its own so that
-importing the tracker or :func:`average_precision` stays light.
+in :mod:`tracker.sources` and the CLI helpers in :mod:`tracker.cli` may, inside
+functions). ``tracker.evaluation`` (motmetrics, pandas) is imported on its own so
+that importing the tracker stays light. :func:`average_precision` lives in
+:mod:`tdt.detection_ap` (the student's evaluation uses it too) and is exported
+here as part of the tracker's API.
 """
 
+from tdt.detection_ap import ImageDetections, ImageGroundTruth, average_precision
 from tracker.association import FrameTracks, Tracker, TrackState
 from tracker.config import TrackerConfig, TrackerConfigError
-from tracker.metrics import ImageDetections, ImageGroundTruth, average_precision
 from tracker.mot_format import (
     frame_tracks_to_mot_rows,
     read_mot_file,

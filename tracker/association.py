@@ -30,7 +30,7 @@ from typing import Self
 import numpy as np
 import numpy.typing as npt
 
-from tracker.boxes import tlbr_to_xyah, xyah_to_tlbr
+from tdt.boxes import tlbr_to_xyah, xyah_to_tlbr
 from tracker.config import TrackerConfig
 from tracker.kalman import KalmanFilterXYAH
 from tracker.matching import embedding_distance, fuse_motion, iou_distance, linear_assignment
@@ -67,8 +67,8 @@ class _TrackTable:
     track_id: npt.NDArray[np.int64]
     mean: FloatArray
     covariance: FloatArray
-    # (K, D) unit-norm smoothed embeddings, float32 as the detector emits them (and 4x faster
-    # cosine distances than float64 on this machine); D = 0 without embeddings.
+    # (K, D) unit-norm smoothed embeddings, float32 as the detector emits them (half the memory
+    # traffic of float64 in the cosine-distance products); D = 0 without embeddings.
     feature: npt.NDArray[np.float32]
     score: FloatArray
     state: npt.NDArray[np.int8]
@@ -113,6 +113,17 @@ class _Detections:
     xyah: FloatArray
     score: FloatArray
     feature: npt.NDArray[np.float32]  # unit-norm copies, (N, D); D = 0 without embeddings
+
+
+@dataclass(frozen=True)
+class _FrameMatches:
+    """The outcome of one frame's matching steps (track rows and detection indices)."""
+
+    track_rows: IndexArray  # matched track rows, pairwise with ``detections``
+    detections: IndexArray
+    newly_lost: IndexArray  # tracked rows left unmatched: they become lost
+    failed_unconfirmed: IndexArray  # unconfirmed rows left unmatched: they are removed
+    leftover_detections: IndexArray  # candidates for new tracks
 
 
 class Tracker:
@@ -182,6 +193,31 @@ class Tracker:
             pool_mean, tracks.covariance[pool]
         )
 
+        matches = self._match(pool, unconfirmed, detections)
+        self._apply_matches(matches.track_rows, matches.detections, detections, was_lost)
+        tracks.state[matches.newly_lost] = TrackState.LOST
+
+        remove = (
+            was_lost
+            & (tracks.state == TrackState.LOST)
+            & (self.frame_index - tracks.last_frame > self.max_frames_lost)
+        )
+        remove[matches.failed_unconfirmed] = True
+        tracks = tracks.select(~remove)
+
+        leftover = matches.leftover_detections
+        births = leftover[detections.score[leftover] >= config.det_thresh]
+        tracks = tracks.concatenate(self._new_tracks(births, detections))
+        self._tracks = self._without_duplicates(tracks)
+        return self._output()
+
+    def _match(self, pool: IndexArray, unconfirmed: IndexArray, detections: _Detections) -> _FrameMatches:
+        """FairMOT's three matching steps, each on what the previous one left unmatched.
+
+        1. tracked + lost tracks (``pool``) by embedding + motion cost (IoU + motion without
+           embeddings); 2. still-unmatched *tracked* tracks by IoU; 3. unconfirmed tracks by IoU.
+        """
+        tracks, config = self._tracks, self.config
         all_detections = np.arange(len(detections.score))
         first_matches, unmatched_pool, unmatched_detections = linear_assignment(
             self._first_step_cost(pool, detections), self._first_step_threshold()
@@ -198,7 +234,6 @@ class Tracker:
         )
         matched_rows.append(remaining_tracked[second_matches[:, 0]])
         matched_detections.append(second_detections[second_matches[:, 1]])
-        newly_lost = remaining_tracked[unmatched_tracked]
 
         third_detections = second_detections[unmatched_detections]
         third_matches, unmatched_unconfirmed, unmatched_detections = linear_assignment(
@@ -207,26 +242,13 @@ class Tracker:
         )
         matched_rows.append(unconfirmed[third_matches[:, 0]])
         matched_detections.append(third_detections[third_matches[:, 1]])
-        failed_unconfirmed = unconfirmed[unmatched_unconfirmed]
-        leftover_detections = third_detections[unmatched_detections]
-
-        self._apply_matches(
-            np.concatenate(matched_rows), np.concatenate(matched_detections), detections, was_lost
+        return _FrameMatches(
+            track_rows=np.concatenate(matched_rows),
+            detections=np.concatenate(matched_detections),
+            newly_lost=remaining_tracked[unmatched_tracked],
+            failed_unconfirmed=unconfirmed[unmatched_unconfirmed],
+            leftover_detections=third_detections[unmatched_detections],
         )
-        tracks.state[newly_lost] = TrackState.LOST
-
-        remove = (
-            was_lost
-            & (tracks.state == TrackState.LOST)
-            & (self.frame_index - tracks.last_frame > self.max_frames_lost)
-        )
-        remove[failed_unconfirmed] = True
-        tracks = tracks.select(~remove)
-
-        births = leftover_detections[detections.score[leftover_detections] >= config.det_thresh]
-        tracks = tracks.concatenate(self._new_tracks(births, detections))
-        self._tracks = self._without_duplicates(tracks)
-        return self._output()
 
     def _first_step_cost(self, pool: IndexArray, detections: _Detections) -> FloatArray:
         tracks = self._tracks

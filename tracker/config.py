@@ -2,26 +2,31 @@
 
 Defaults are FairMOT's (``conf_thres`` 0.4, ``track_buffer`` 30, λ 0.98, cosine
 threshold 0.4, IoU distances 0.5 / 0.7, duplicate IoU distance 0.15, feature
-EMA 0.9, Kalman noise weights 1/20 and 1/160).
+EMA 0.9, Kalman noise weights 1/20 and 1/160). Dicts and YAML files are read by
+the project's one strict loader (:class:`tdt.config.PlainConfig`): missing keys
+take these defaults, an unknown key or a wrongly typed value is a
+:class:`TrackerConfigError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import ClassVar
 
+from tdt.config import ConfigError, PlainConfig
 from tracker.kalman import CHI2_95_4DOF
 
 
-class TrackerConfigError(ValueError):
+class TrackerConfigError(ConfigError):
     """An invalid tracker configuration key or value."""
 
 
 @dataclass(frozen=True)
-class TrackerConfig:
+class TrackerConfig(PlainConfig):
+    error_type: ClassVar[type[ConfigError]] = TrackerConfigError
+
     # Detections scoring below this are dropped before any matching.
     min_score: float = 0.4
     # An unmatched detection starts a new track only when its score reaches this.
@@ -84,25 +89,3 @@ class TrackerConfig:
     def max_frames_lost(self, frame_rate: float) -> int:
         """How many frames a lost track survives at ``frame_rate`` (FairMOT's buffer_size)."""
         return int(frame_rate / 30.0 * self.track_buffer)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Self:
-        """Missing keys take defaults; unknown keys raise (a typo must not fall back silently)."""
-        if not isinstance(values, Mapping):
-            raise TrackerConfigError(f"TrackerConfig expects a mapping, got {type(values).__name__}")
-        known = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(str(key) for key in values if key not in known)
-        if unknown:
-            raise TrackerConfigError(
-                f"unknown TrackerConfig key(s): {', '.join(unknown)}; known keys: {', '.join(known)}"
-            )
-        converted: dict[str, Any] = {}
-        for name, value in values.items():
-            is_float_field = known[name].type in (float, "float")
-            if is_float_field and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            converted[name] = value
-        return cls(**converted)

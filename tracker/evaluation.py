@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
-from tracker.boxes import box_iou, tlwh_to_tlbr
+from tdt.boxes import box_iou, tlwh_to_tlbr
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -6,7 +6,7 @@ import lap
 import numpy as np
 import numpy.typing as npt
 
-from tracker.boxes import box_iou
+from tdt.boxes import box_iou
 
 FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from tdt.boxes import tlbr_to_tlwh
 from tracker.association import FrameTracks
-from tracker.boxes import tlbr_to_tlwh
 
 MOT_RESULT_COLUMNS = 10
 

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from tracker.boxes import tlwh_to_tlbr
+from tdt.boxes import tlwh_to_tlbr
 from tracker.evaluation import MotBenchmark
 from tracker.mot_format import MotFormatError, read_mot_file
 

@@ -29,27 +29,32 @@ one visible pixel of width or height is dropped (its crop would be empty), as
 is a detection whose embedding is all zero (OSNet features are post-ReLU, so
 this can happen; it cannot be normalised). Both are counted per frame.
 
-This is the only tracker module that imports ``student`` or ``teacher``, and
-only inside :func:`load_detector`, :func:`add_teacher_options`,
-:func:`teacher_from_args` and :func:`set_torch_threads`, so
-``import tracker.sources`` stays torch-free.
+Stages take typed inputs (a loaded detector, a built teacher, a
+:class:`teacher.TeacherConfig`), never command-line arguments. This and
+:mod:`tracker.cli` are the only tracker modules that import ``student`` or
+``teacher``, and only inside functions (:func:`load_detector`,
+:func:`load_teacher`), so ``import tracker.sources`` stays torch-free.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from tdt.config import ConfigError
+from tdt.text import one_line
 from tracker.mot_format import MotFormatError, read_mot_file
 from tracker.sequence import FrameRange, GroundTruth, InputSequence
 from tracker.timing import FrameTiming
+
+if TYPE_CHECKING:
+    from teacher import TeacherConfig
 
 Float32Array = npt.NDArray[np.float32]
 # A box must show at least this many pixels of width and height inside the image to be cropped.
@@ -412,44 +417,22 @@ def load_detector(checkpoint: Path, device: str = "cpu") -> DetectorLike:
         raise SourceError(f"{checkpoint}: no such checkpoint file")
     import student
     from student.checkpoint import CheckpointError
-    from student.config import ConfigError
 
     try:
         return student.load(checkpoint, device)
     except (CheckpointError, ConfigError) as error:
-        raise SourceError(_one_line(str(error))) from error
+        raise SourceError(one_line(str(error))) from error
 
 
-def add_teacher_options(parser: argparse.ArgumentParser, default_name: str | None = None) -> None:
-    """The teacher package's shared options (``--teacher``, ``--teacher-weights``, ...)."""
-    from teacher import DEFAULT_TEACHER, add_teacher_arguments
+def load_teacher(config: TeacherConfig) -> TeacherLike:
+    """The teacher ``config`` describes; missing or bad weights are a :class:`SourceError`."""
+    from teacher import TeacherError, build_teacher, weights_hint
 
-    add_teacher_arguments(parser, default_name=default_name or DEFAULT_TEACHER)
-
-
-def teacher_from_args(args: argparse.Namespace) -> TeacherLike:
-    """The teacher the options describe; missing or bad weights are a :class:`SourceError`."""
-    from teacher import TeacherError, build_teacher, teacher_config_from_args, weights_hint
-
+    if config.weights is None:
+        raise SourceError(f"the re-ID teacher needs weights. {weights_hint(config.name)}")
+    if not config.weights.is_file():
+        raise SourceError(f"{config.weights}: no such teacher weights file")
     try:
-        config = teacher_config_from_args(args)
-        if config.weights is None:
-            raise SourceError(f"the re-ID teacher needs weights. {weights_hint(config.name)}")
-        if not config.weights.is_file():
-            raise SourceError(f"{config.weights}: no such teacher weights file")
         return build_teacher(config)
     except TeacherError as error:
-        raise SourceError(_one_line(str(error))) from error
-
-
-def set_torch_threads(count: int) -> None:
-    """Intra-op threads of the student and teacher models."""
-    if count < 1:
-        raise SourceError(f"torch threads must be >= 1, got {count}")
-    import torch
-
-    torch.set_num_threads(count)
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
+        raise SourceError(one_line(str(error))) from error

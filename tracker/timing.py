@@ -14,29 +14,12 @@ say nothing about steady-state speed.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Self
 
 WARMUP_FRAMES = 1
 STAGES = ("decode", "model", "teacher", "association")
-BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
-
-
-def limit_numpy_blas_threads() -> None:
-    """Run numpy's OpenBLAS single-threaded, unless ``OPENBLAS_NUM_THREADS`` says otherwise.
-
-    The association's matrix products are small; on this 2-core machine a second
-    OpenBLAS thread mostly waits for a core and slowed association several times
-    (benchmarks/association.py). Only numpy's bundled OpenBLAS is limited (torch's
-    OpenMP pool is the model's, set by ``--threads``), and a value the user set is kept.
-    """
-    if os.environ.get(BLAS_THREADS_VARIABLE) is not None:
-        return
-    from threadpoolctl import ThreadpoolController
-
-    ThreadpoolController().select(internal_api="openblas").limit(limits=1)
 
 
 @dataclass(frozen=True)

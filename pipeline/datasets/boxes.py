@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pipeline.datasets.stats import StatsCollector
+from pipeline.errors import AnnotationError
 from pipeline.records import ImageRecord
 
 MIN_BOX_SIDE_PX = 2.0
+
+
+def annotation_numbers(fields: list[str], line: str, where: str, *, integer_pair: str) -> list[float]:
+    """``fields`` of an annotation ``line`` as finite floats whose first two (``integer_pair``,
+    e.g. "frame and id") are whole numbers; anything else is an AnnotationError at ``where``."""
+    try:
+        values = [float(field) for field in fields]
+    except ValueError as exc:
+        raise AnnotationError(f"{where}: {exc} in {line.strip()!r}") from exc
+    if not all(math.isfinite(value) for value in values):
+        raise AnnotationError(f"{where}: non-finite value in {line.strip()!r}")
+    if not (values[0].is_integer() and values[1].is_integer()):
+        raise AnnotationError(f"{where}: {integer_pair} must be integers in {line.strip()!r}")
+    return values
 
 
 def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:

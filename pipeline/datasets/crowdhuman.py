@@ -24,7 +24,7 @@ from pipeline.datasets.images import (
 from pipeline.datasets.manifest import DatasetManifest, SplitSpec
 from pipeline.datasets.paths import checked_relative_path
 from pipeline.datasets.stats import StatsCollector
-from pipeline.errors import AnnotationError, DatasetNotFoundError
+from pipeline.errors import AnnotationError
 from pipeline.records import ImageRecord
 
 
@@ -66,14 +66,7 @@ def read(manifest: DatasetManifest, split: SplitSpec, root: Path, stats: StatsCo
 
 
 def annotation_files(manifest: DatasetManifest, split: SplitSpec, root: Path) -> list[Path]:
-    files = [root / name for name in split.annotations]
-    for path in files:
-        if not path.is_file():
-            raise DatasetNotFoundError(
-                f"dataset '{manifest.name}' split '{split.name}': annotation file {path} does "
-                f"not exist.\n{manifest.how_to_get()}"
-            )
-    return files
+    return manifest.annotation_paths(split, root)
 
 
 def _parse_line(line: str, box_field: str, where: str) -> tuple[str, np.ndarray, np.ndarray]:

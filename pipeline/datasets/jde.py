@@ -10,12 +10,11 @@ without a label file is a negative image, as in JDE, and is reported in a warnin
 
 from __future__ import annotations
 
-import math
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pipeline.datasets.boxes import build_record
+from pipeline.datasets.boxes import annotation_numbers, build_record
 from pipeline.datasets.images import (
     missing_images_error,
     read_image_header,
@@ -24,7 +23,7 @@ from pipeline.datasets.images import (
 from pipeline.datasets.manifest import DatasetManifest, SplitSpec
 from pipeline.datasets.paths import checked_relative_path
 from pipeline.datasets.stats import StatsCollector
-from pipeline.errors import AnnotationError, DatasetNotFoundError
+from pipeline.errors import AnnotationError
 from pipeline.records import ImageRecord
 
 PEDESTRIAN_CLASS = 0
@@ -80,14 +79,7 @@ def annotation_files(manifest: DatasetManifest, split: SplitSpec, root: Path) ->
 
 
 def list_files(manifest: DatasetManifest, split: SplitSpec, root: Path) -> list[Path]:
-    files = [root / name for name in split.annotations]
-    for path in files:
-        if not path.is_file():
-            raise DatasetNotFoundError(
-                f"dataset '{manifest.name}' split '{split.name}': list file {path} does not "
-                f"exist.\n{manifest.how_to_get()}"
-            )
-    return files
+    return manifest.annotation_paths(split, root, kind="list file")
 
 
 def image_and_label_paths(manifest: DatasetManifest, split: SplitSpec, root: Path) -> list[tuple[str, str]]:
@@ -155,12 +147,4 @@ def _parse_label_line(line: str, where: str) -> list[float]:
             f"{where}: expected 'class id cx cy w h' ({LABEL_COLUMNS} values), got "
             f"{len(fields)}: {line.strip()!r}"
         )
-    try:
-        values = [float(field) for field in fields]
-    except ValueError as exc:
-        raise AnnotationError(f"{where}: {exc} in {line.strip()!r}") from exc
-    if not all(math.isfinite(value) for value in values):
-        raise AnnotationError(f"{where}: non-finite value in {line.strip()!r}")
-    if not (values[0].is_integer() and values[1].is_integer()):
-        raise AnnotationError(f"{where}: class and id must be integers in {line.strip()!r}")
-    return values
+    return annotation_numbers(fields, line, where, integer_pair="class and id")

@@ -5,8 +5,10 @@ Schema (unknown keys are refused, so typos fail loudly)::
     format: motchallenge | crowdhuman | jde
     description: one line
     root:
-      default: ${TDT_DATA:-../data}/MOT17   # ${VAR} / ${VAR:-fallback} expanded; a relative
-                                            # path is relative to the folder holding manifests/
+      default: ${TDT_DATA:-../data}/MOT17   # expanded by tdt.config.expand_path: a path that
+                                            # starts with a fallback is relative to the folder
+                                            # holding manifests/, any other relative path to
+                                            # the current directory
       env: TDT_MOT17_ROOT                   # overrides the default; --root overrides both
     has_identities: true                    # false: every identity is read as -1
     options:                                # per format, all strings
@@ -25,21 +27,27 @@ Schema (unknown keys are refused, so typos fail loudly)::
       url: https://...
       instructions: how to download and extract
       layout: expected files under the root
+
+The document is read with :mod:`tdt.config` (strict YAML, duplicate keys refused) into
+:class:`ManifestDocument`; the checks that span fields (options and split keys per format,
+``default_split`` among the splits) are in its ``__post_init__``. Every error is a
+:class:`ManifestError` naming the file.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Literal
 
 from pipeline.datasets.paths import checked_relative_path
 from pipeline.errors import DatasetNotFoundError, PipelineError
+from tdt.config import ConfigError, expand_path, from_plain, load_yaml
 
+DataFormat = Literal["motchallenge", "crowdhuman", "jde"]
 FORMAT_OPTIONS: dict[str, dict[str, tuple[str, ...] | None]] = {
     # option name -> allowed values (None: any non-empty string)
     "crowdhuman": {"image_dir": None, "box_field": ("fbox", "vbox", "hbox")},
@@ -56,16 +64,22 @@ REQUIRED_OPTIONS: dict[str, tuple[str, ...]] = {
     "motchallenge": ("gt_format",),
     "jde": (),
 }
-TOP_LEVEL_KEYS = frozenset(
-    {"format", "description", "root", "has_identities", "options", "default_split", "splits", "source"}
-)
 SPLIT_KEYS = {
     "motchallenge": frozenset({"sequences", "frames", "frame_fraction"}),
     "crowdhuman": frozenset({"annotations"}),
     "jde": frozenset({"annotations"}),
 }
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ManifestError(PipelineError, ConfigError):
+    """A dataset manifest is invalid; the message names the file and the key."""
+
+
+def _non_empty(value: str, name: str) -> None:
+    if not value.strip():
+        raise ValueError(f"{name} must be a non-empty string")
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,23 @@ class DataSource:
     layout: str
     instructions: str
 
+    def __post_init__(self) -> None:
+        for name in ("url", "layout", "instructions"):
+            _non_empty(getattr(self, name), name)
+
+
+@dataclass(frozen=True)
+class RootSpec:
+    """``default``: the root when neither ``--root`` nor ``$env`` is given (variables expanded)."""
+
+    default: str
+    env: str
+
+    def __post_init__(self) -> None:
+        _non_empty(self.default, "default")
+        if not ENV_NAME.fullmatch(self.env):
+            raise ValueError(f"env {self.env!r} is not an environment variable name")
+
 
 @dataclass(frozen=True)
 class SplitSpec:
@@ -85,32 +116,161 @@ class SplitSpec:
     ``.`` for a root that is itself a sequence; ``frames`` is an inclusive frame-number
     range and ``frame_fraction`` a [start, end) fraction of each sequence's frames.
     crowdhuman: ``annotations`` are .odgt files; jde: ``annotations`` are list files.
+    ``name`` is the split's key under ``splits``, set when the manifest is read.
     """
 
-    name: str
+    name: str = field(default="", init=False)
     sequences: tuple[str, ...] = ()
     frames: tuple[int, int] | None = None
     frame_fraction: tuple[float, float] | None = None
     annotations: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sequences", _relative_paths(self.sequences, "sequences", allow_root=True))
+        object.__setattr__(
+            self, "annotations", _relative_paths(self.annotations, "annotations", allow_root=False)
+        )
+        frames, fraction = self.frames, self.frame_fraction
+        if frames is not None and fraction is not None:
+            raise ValueError("give frames or frame_fraction, not both")
+        if frames is not None and not 1 <= frames[0] <= frames[1]:
+            raise ValueError(f"frames {list(frames)} must be [first, last], 1 <= first <= last")
+        if fraction is not None and not 0.0 <= fraction[0] < fraction[1] <= 1.0:
+            raise ValueError(f"frame_fraction {list(fraction)} must be [start, end) in [0, 1]")
+
+    def given_keys(self) -> list[str]:
+        """The keys the manifest set for this split (the format decides which are allowed)."""
+        given = {
+            "sequences": bool(self.sequences),
+            "frames": self.frames is not None,
+            "frame_fraction": self.frame_fraction is not None,
+            "annotations": bool(self.annotations),
+        }
+        return [key for key, present in given.items() if present]
+
+
+def _relative_paths(paths: tuple[str, ...], name: str, *, allow_root: bool) -> tuple[str, ...]:
+    """Normalised paths relative to the dataset root; ``.`` (the root itself) where allowed."""
+    checked = []
+    for item in paths:
+        if allow_root and item.strip() in (".", "./"):
+            checked.append(".")
+        else:
+            checked.append(checked_relative_path(item, where=name, error=ValueError))
+    return tuple(checked)
+
+
+@dataclass(frozen=True)
+class ManifestDocument:
+    """A manifest YAML as written (see the module docstring); ``options`` gain the format's defaults."""
+
+    format: DataFormat
+    description: str
+    root: RootSpec
+    has_identities: bool
+    default_split: str
+    splits: dict[str, SplitSpec]
+    source: DataSource
+    options: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _non_empty(self.description, "description")
+        object.__setattr__(self, "options", _checked_options(self.options, self.format))
+        if not self.splits:
+            raise ValueError("splits must be a non-empty mapping of name to split spec")
+        named = {}
+        for name, spec in self.splits.items():
+            _check_split_keys(spec, self.format, f"splits.{name}")
+            named[name] = copy.copy(spec)
+            object.__setattr__(named[name], "name", name)
+        object.__setattr__(self, "splits", named)
+        if self.default_split not in self.splits:
+            raise ValueError(
+                f"default_split {self.default_split!r} is not one of the splits {sorted(self.splits)}"
+            )
+
+
+def _checked_options(given: dict[str, str], data_format: str) -> dict[str, str]:
+    allowed = FORMAT_OPTIONS[data_format]
+    for key, value in given.items():
+        if key not in allowed:
+            raise ValueError(
+                f"option {key!r} does not apply to format {data_format} (allowed: {sorted(allowed)})"
+            )
+        choices = allowed[key]
+        if not value or (choices is not None and value not in choices):
+            expected = " or ".join(choices) if choices else "a non-empty string"
+            raise ValueError(f"option {key}={value!r} must be {expected}")
+    options = {**DEFAULT_OPTIONS[data_format], **given}
+    missing = [key for key in REQUIRED_OPTIONS[data_format] if key not in options]
+    if missing:
+        raise ValueError(f"format {data_format} needs options {missing}")
+    if "image_dir" in options:
+        options["image_dir"] = checked_relative_path(
+            options["image_dir"], where="options.image_dir", error=ValueError
+        )
+    return options
+
+
+def _check_split_keys(spec: SplitSpec, data_format: str, where: str) -> None:
+    allowed = SPLIT_KEYS[data_format]
+    wrong = [key for key in spec.given_keys() if key not in allowed]
+    if wrong:
+        raise ValueError(
+            f"{where}: keys {wrong} do not apply to format {data_format} (allowed: {sorted(allowed)})"
+        )
+    required = "sequences" if data_format == "motchallenge" else "annotations"
+    if not getattr(spec, required):
+        raise ValueError(f"{where}.{required} must be a non-empty list of paths relative to the dataset root")
+
 
 @dataclass(frozen=True)
 class DatasetManifest:
+    """A loaded manifest: its document, the name it goes by (the file stem) and its file."""
+
     name: str
-    format: str
-    description: str
-    root_default: str
-    root_env: str
-    splits: dict[str, SplitSpec]
-    default_split: str
-    has_identities: bool
-    source: DataSource
-    options: dict[str, str]
     path: Path
+    document: ManifestDocument
+
+    @property
+    def format(self) -> str:
+        return self.document.format
+
+    @property
+    def description(self) -> str:
+        return self.document.description
+
+    @property
+    def has_identities(self) -> bool:
+        return self.document.has_identities
+
+    @property
+    def options(self) -> dict[str, str]:
+        return self.document.options
+
+    @property
+    def splits(self) -> dict[str, SplitSpec]:
+        return self.document.splits
+
+    @property
+    def default_split(self) -> str:
+        return self.document.default_split
+
+    @property
+    def source(self) -> DataSource:
+        return self.document.source
+
+    @property
+    def root_default(self) -> str:
+        return self.document.root.default
+
+    @property
+    def root_env(self) -> str:
+        return self.document.root.env
 
     @property
     def base_dir(self) -> Path:
-        """Relative default roots resolve here: the folder holding ``manifests/``."""
+        """A root default that starts with a fallback is relative to this folder: the one holding ``manifests/``."""
         return self.path.resolve().parent.parent
 
     def split(self, name: str | None = None) -> SplitSpec:
@@ -120,6 +280,17 @@ class DatasetManifest:
                 f"dataset '{self.name}' has no split '{chosen}' (splits: {', '.join(self.splits)})"
             )
         return self.splits[chosen]
+
+    def annotation_paths(self, split: SplitSpec, root: Path, *, kind: str = "annotation file") -> list[Path]:
+        """``split.annotations`` under ``root``; a missing one is a DatasetNotFoundError saying how to get it."""
+        files = [root / name for name in split.annotations]
+        for path in files:
+            if not path.is_file():
+                raise DatasetNotFoundError(
+                    f"dataset '{self.name}' split '{split.name}': {kind} {path} does not exist.\n"
+                    f"{self.how_to_get()}"
+                )
+        return files
 
     def how_to_get(self) -> str:
         """The text a CLI prints to tell a user how to obtain and point at this dataset."""
@@ -156,10 +327,11 @@ def load_manifest(name_or_path: str | Path) -> DatasetManifest:
                 "(or pass the path of a manifest YAML)"
             )
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML: {exc}") from exc
-    return _parse_manifest(document, path)
+        document = from_plain(ManifestDocument, load_yaml(path), where="manifest")
+    except ConfigError as error:
+        message = str(error)
+        raise ManifestError(message if message.startswith(str(path)) else f"{path}: {message}") from error
+    return DatasetManifest(name=path.stem, path=path, document=document)
 
 
 def resolve_root(manifest: DatasetManifest, override: str | Path | None = None) -> Path:
@@ -169,7 +341,10 @@ def resolve_root(manifest: DatasetManifest, override: str | Path | None = None) 
     elif os.environ.get(manifest.root_env):
         root, origin = Path(os.environ[manifest.root_env]).expanduser(), f"${manifest.root_env}"
     else:
-        root = _expand_default_root(manifest)
+        try:
+            root = expand_path(manifest.root_default, fallback_base=manifest.base_dir, where="root.default")
+        except ConfigError as error:
+            raise ManifestError(f"{manifest.path}: {error}") from error
         origin = f"manifest default {manifest.root_default}"
     if not root.is_dir():
         raise DatasetNotFoundError(
@@ -177,165 +352,3 @@ def resolve_root(manifest: DatasetManifest, override: str | Path | None = None) 
             f"directory.\n{manifest.how_to_get()}"
         )
     return root.resolve()
-
-
-def _expand_default_root(manifest: DatasetManifest) -> Path:
-    def substitute(match: re.Match[str]) -> str:
-        variable, fallback = match.group(1), match.group(2)
-        value = os.environ.get(variable)
-        if value:
-            # a variable leading the path is a path the user typed: relative to their cwd
-            return os.path.abspath(value) if match.start() == 0 else value
-        if fallback is None:
-            raise PipelineError(f"{manifest.path}: root default needs ${{{variable}}}, which is not set")
-        return fallback
-
-    root = Path(ENV_REFERENCE.sub(substitute, manifest.root_default)).expanduser()
-    return Path(os.path.normpath(root if root.is_absolute() else manifest.base_dir / root))
-
-
-def _parse_manifest(document: Any, path: Path) -> DatasetManifest:
-    where = f"manifest {path}"
-    if not isinstance(document, dict):
-        raise PipelineError(f"{where}: expected a mapping at the top level")
-    unknown = set(document) - TOP_LEVEL_KEYS
-    if unknown:
-        raise PipelineError(
-            f"{where}: unknown keys {sorted(map(str, unknown))} (allowed: {sorted(TOP_LEVEL_KEYS)})"
-        )
-    data_format = document.get("format")
-    if data_format not in FORMAT_OPTIONS:
-        raise PipelineError(f"{where}: format must be one of {sorted(FORMAT_OPTIONS)}, got {data_format!r}")
-
-    root = document.get("root")
-    if not isinstance(root, dict) or set(root) != {"default", "env"}:
-        raise PipelineError(f"{where}: root must be a mapping with exactly 'default' and 'env'")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(root["env"])):
-        raise PipelineError(f"{where}: root.env {root['env']!r} is not an environment variable name")
-
-    has_identities = document.get("has_identities")
-    if not isinstance(has_identities, bool):
-        raise PipelineError(f"{where}: has_identities must be true or false")
-
-    options = _parse_options(document.get("options") or {}, data_format, where)
-    splits = _parse_splits(document.get("splits"), data_format, where)
-    default_split = document.get("default_split")
-    if default_split not in splits:
-        raise PipelineError(
-            f"{where}: default_split {default_split!r} is not one of the splits {sorted(splits)}"
-        )
-
-    source = document.get("source")
-    if not isinstance(source, dict) or set(source) != {"url", "layout", "instructions"}:
-        raise PipelineError(
-            f"{where}: source must be a mapping with exactly 'url', 'layout' and 'instructions'"
-        )
-
-    return DatasetManifest(
-        name=path.stem,
-        format=data_format,
-        description=_text(document.get("description"), f"{where}: description"),
-        root_default=_text(root["default"], f"{where}: root.default"),
-        root_env=str(root["env"]),
-        splits=splits,
-        default_split=default_split,
-        has_identities=has_identities,
-        source=DataSource(
-            url=_text(source["url"], f"{where}: source.url"),
-            layout=_text(source["layout"], f"{where}: source.layout"),
-            instructions=_text(source["instructions"], f"{where}: source.instructions"),
-        ),
-        options=options,
-        path=path,
-    )
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise PipelineError(f"{where} must be a non-empty string")
-    return value
-
-
-def _parse_options(raw: Any, data_format: str, where: str) -> dict[str, str]:
-    if not isinstance(raw, dict):
-        raise PipelineError(f"{where}: options must be a mapping")
-    allowed = FORMAT_OPTIONS[data_format]
-    options = dict(DEFAULT_OPTIONS[data_format])
-    for key, value in raw.items():
-        if key not in allowed:
-            raise PipelineError(
-                f"{where}: option {key!r} does not apply to format {data_format} (allowed: {sorted(allowed)})"
-            )
-        choices = allowed[key]
-        if not isinstance(value, str) or not value or (choices is not None and value not in choices):
-            expected = " or ".join(choices) if choices else "a non-empty string"
-            raise PipelineError(f"{where}: option {key}={value!r} must be {expected}")
-        options[key] = value
-    missing = [key for key in REQUIRED_OPTIONS[data_format] if key not in options]
-    if missing:
-        raise PipelineError(f"{where}: format {data_format} needs options {missing}")
-    if "image_dir" in options:
-        options["image_dir"] = checked_relative_path(
-            options["image_dir"], where=f"{where}: options.image_dir", error=PipelineError
-        )
-    return options
-
-
-def _parse_splits(raw: Any, data_format: str, where: str) -> dict[str, SplitSpec]:
-    if not isinstance(raw, dict) or not raw:
-        raise PipelineError(f"{where}: splits must be a non-empty mapping of name to split spec")
-    allowed = SPLIT_KEYS[data_format]
-    splits = {}
-    for name, spec in raw.items():
-        split_where = f"{where}: splits.{name}"
-        if not isinstance(spec, dict):
-            raise PipelineError(f"{split_where} must be a mapping")
-        unknown = set(spec) - allowed
-        if unknown:
-            raise PipelineError(
-                f"{split_where}: keys {sorted(map(str, unknown))} do not apply to format {data_format} "
-                f"(allowed: {sorted(allowed)})"
-            )
-        splits[str(name)] = _parse_split(str(name), spec, data_format, split_where)
-    return splits
-
-
-def _parse_split(name: str, spec: dict[str, Any], data_format: str, where: str) -> SplitSpec:
-    if data_format != "motchallenge":
-        annotations = _relative_paths(spec.get("annotations"), f"{where}.annotations", allow_root=False)
-        return SplitSpec(name=name, annotations=annotations)
-    sequences = _relative_paths(spec.get("sequences"), f"{where}.sequences", allow_root=True)
-    frames = _pair(spec.get("frames"), f"{where}.frames", int)
-    fraction = _pair(spec.get("frame_fraction"), f"{where}.frame_fraction", float)
-    if frames is not None and fraction is not None:
-        raise PipelineError(f"{where}: give frames or frame_fraction, not both")
-    if frames is not None and not 1 <= frames[0] <= frames[1]:
-        raise PipelineError(f"{where}.frames {list(frames)} must be [first, last], 1 <= first <= last")
-    if fraction is not None and not 0.0 <= fraction[0] < fraction[1] <= 1.0:
-        raise PipelineError(f"{where}.frame_fraction {list(fraction)} must be [start, end) in [0, 1]")
-    return SplitSpec(name=name, sequences=sequences, frames=frames, frame_fraction=fraction)
-
-
-def _relative_paths(raw: Any, where: str, *, allow_root: bool) -> tuple[str, ...]:
-    if not isinstance(raw, list) or not raw or not all(isinstance(item, str) for item in raw):
-        raise PipelineError(f"{where} must be a non-empty list of paths relative to the dataset root")
-    paths = []
-    for item in raw:
-        if allow_root and item.strip() in (".", "./"):
-            paths.append(".")
-        else:
-            paths.append(checked_relative_path(item, where=where, error=PipelineError))
-    return tuple(paths)
-
-
-def _pair(raw: Any, where: str, kind: type[int] | type[float]) -> tuple[Any, Any] | None:
-    if raw is None:
-        return None
-    allowed_types = (int,) if kind is int else (int, float)
-    if not (
-        isinstance(raw, list)
-        and len(raw) == 2
-        and all(isinstance(item, allowed_types) and not isinstance(item, bool) for item in raw)
-    ):
-        raise PipelineError(f"{where} must be a list of two {kind.__name__} values")
-    return (kind(raw[0]), kind(raw[1]))

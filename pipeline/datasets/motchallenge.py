@@ -13,14 +13,13 @@ distinct ids gives the number of pedestrians, not of cars and occluders.
 from __future__ import annotations
 
 import configparser
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pipeline.datasets.boxes import build_record, xywh_to_xyxy
+from pipeline.datasets.boxes import annotation_numbers, build_record, xywh_to_xyxy
 from pipeline.datasets.images import read_image_header
 from pipeline.datasets.manifest import DatasetManifest, SplitSpec
 from pipeline.datasets.paths import checked_relative_path
@@ -166,15 +165,7 @@ def _parse_gt_line(line: str, columns: int, layout: str, where: str) -> list[flo
             f"{where}: expected {layout} (at least {columns} comma-separated values), "
             f"got {len(fields)}: {line.strip()!r}"
         )
-    try:
-        values = [float(field) for field in fields[:columns]]
-    except ValueError as exc:
-        raise AnnotationError(f"{where}: {exc} in {line.strip()!r}") from exc
-    if not all(math.isfinite(value) for value in values):
-        raise AnnotationError(f"{where}: non-finite value in {line.strip()!r}")
-    if not (values[0].is_integer() and values[1].is_integer()):
-        raise AnnotationError(f"{where}: frame and id must be integers in {line.strip()!r}")
-    return values
+    return annotation_numbers(fields[:columns], line, where, integer_pair="frame and id")
 
 
 def _frame_images(image_dir: Path, image_ext: str) -> dict[int, str]:

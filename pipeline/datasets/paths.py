@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath, PureWindowsPath
 
-from pipeline.errors import AnnotationError, PipelineError
+from pipeline.errors import AnnotationError
 
 
-def checked_relative_path(raw: str, *, where: str, error: type[PipelineError] = AnnotationError) -> str:
+def checked_relative_path(raw: str, *, where: str, error: type[Exception] = AnnotationError) -> str:
     """Return ``raw`` as a normalised POSIX path relative to the dataset root.
 
     The check is lexical on purpose: symlinks the user placed inside the root are

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.synth.config import PRESETS, build_config
 from pipeline.synth.world import WorldError, generate
+from tdt.process import configure_for_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_for_cli()
     try:
         config = build_config(
             args.preset,

@@ -1,4 +1,4 @@
-"""Detection average precision (numpy only; imported by the student trainer).
+"""Detection average precision at an IoU threshold (numpy only), for student and tracker evaluation.
 
 Matching, per image, greedy in descending score order: a detection takes the
 highest-IoU not-yet-matched, non-ignored ground-truth box with IoU ≥ the
@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from tracker.boxes import box_iou
+from tdt.boxes import box_iou
 
 _TRUE_POSITIVE = 1
 _FALSE_POSITIVE = 0
