@@ -190,22 +190,14 @@ class StudentCriterion(nn.Module):
 
         embedding_l2 = identity_ce = None
         num_embedding = num_identity = 0
-        identity_total = torch.zeros((), device=device)
         if self.uses_l2 or self.uses_identity_ce:
-            predicted_embeddings = outputs.anchor_embeddings(
-                positives.image_index, positives.anchor_index
-            ).float()
-        if self.uses_l2:
-            teacher = self._gather_per_box(targets, "embeddings", positives)[:, : self.embedding_dim]
-            num_embedding = int((~torch.isnan(teacher).any(dim=1)).sum())
-            embedding_l2 = embedding_l2_loss(predicted_embeddings, teacher)
-            identity_total = identity_total + config.embedding_weight * embedding_l2
-        if self.identity_classifier is not None:
-            identities = self._gather_per_box(targets, "identities", positives)
-            num_identity = int((identities >= 0).sum())
-            identity_ce = identity_cross_entropy(
-                predicted_embeddings, identities, self.identity_classifier, self.identity_scale
+            embedding_l2, identity_ce, num_embedding, num_identity = self._embedding_terms(
+                outputs, targets, positives
             )
+        identity_total = torch.zeros((), device=device)
+        if embedding_l2 is not None:
+            identity_total = identity_total + config.embedding_weight * embedding_l2
+        if identity_ce is not None:
             identity_total = identity_total + config.identity_weight * identity_ce
 
         if self.detection_log_variance is not None and self.identity_log_variance is not None:
@@ -227,6 +219,37 @@ class StudentCriterion(nn.Module):
             num_embedding_anchors=num_embedding,
             num_identity_anchors=num_identity,
         )
+
+    def _embedding_terms(
+        self, outputs: StudentOutputs, targets: Sequence[Mapping[str, Tensor]], positives: _PositiveMatches
+    ) -> tuple[Tensor | None, Tensor | None, int, int]:
+        """L2 and identity-CE terms and their anchor counts.
+
+        The head is read (a sparse head: evaluated) only at the positive anchors
+        whose box has a target for one of the terms.
+        """
+        teacher = identities = None
+        enters_loss = torch.zeros_like(positives.anchor_index, dtype=torch.bool)
+        if self.uses_l2:
+            teacher = self._gather_per_box(targets, "embeddings", positives)[:, : self.embedding_dim]
+            enters_loss |= ~torch.isnan(teacher).any(dim=1)
+        if self.uses_identity_ce:
+            identities = self._gather_per_box(targets, "identities", positives)
+            enters_loss |= identities >= 0
+        predicted = outputs.anchor_embeddings(
+            positives.image_index[enters_loss], positives.anchor_index[enters_loss]
+        ).float()
+        embedding_l2 = identity_ce = None
+        num_embedding = num_identity = 0
+        if teacher is not None:
+            num_embedding = int((~torch.isnan(teacher).any(dim=1)).sum())
+            embedding_l2 = embedding_l2_loss(predicted, teacher[enters_loss])
+        if identities is not None and self.identity_classifier is not None:
+            num_identity = int((identities >= 0).sum())
+            identity_ce = identity_cross_entropy(
+                predicted, identities[enters_loss], self.identity_classifier, self.identity_scale
+            )
+        return embedding_l2, identity_ce, num_embedding, num_identity
 
     @staticmethod
     def _positive_matches(matches: Tensor) -> _PositiveMatches:
