@@ -7,14 +7,16 @@ features. Both convs pad with zeros, so a hidden position outside the map
 contributes zero (it is not computed from the padded features), and an input
 position outside the map is zero.
 
-:func:`embeddings_at_anchors` takes (image, anchor) pairs, finds the distinct
-centre locations and the distinct in-map hidden positions around them, gathers
-each hidden position's 3x3 feature window, applies the hidden conv as one
-matrix product, BN and ReLU, then the output conv as a matrix product over the
-3x3 hidden neighbourhood of each centre (per-anchor head: only the rows of the
-anchor's own D outputs). Only gather / matmul ops run, on the features' device
-and dtype (autocast applies); the host learns a few counts per level, never a
-per-anchor value.
+:func:`embeddings_at_anchors` takes (image, anchor) pairs and, per level,
+finds the distinct centre locations, the distinct in-map hidden positions
+around them and the distinct feature positions those read; it gathers the
+features once, applies the hidden conv to each hidden position's 3x3 window
+as one matrix product, then BN and ReLU, and the output conv as a matrix
+product over each centre's 3x3 hidden neighbourhood (per-anchor head: only the
+D rows of the query's own anchor, one product per anchor-in-cell over all
+levels sharing the conv, so each weight slice is read once). Only gather and
+matmul ops run, on the features' device and dtype (autocast applies); the host
+learns a few counts per level, never a per-anchor value.
 
 Batch statistics in training. The dense head normalises with the statistics of
 every position of the map, which is mostly background, while the loss reads a
@@ -93,35 +95,66 @@ def embeddings_at_anchors(
     level, row, column, cell = _locate(anchor_indices, level_shapes, anchors_per_location)
     order = torch.argsort(level, stable=True)
     counts = torch.bincount(level, minlength=len(features)).tolist()
-    parts = []
+    # queries grouped by the output conv they use, so that each conv's weight is read once
+    by_branch: dict[int, _BranchQueries] = {}
     used_levels = []
     for level_index, queries in enumerate(order.split(counts)):
         if len(queries) == 0:
             continue
         used_levels.append(level_index)
         branch, norm = head.level_modules(level_index)
-        parts.append(
-            _level_embeddings(
-                branch,
-                norm,
-                features[level_index],
-                _Queries(image_index[queries], row[queries], column[queries], cell[queries]),
-                head.embedding_dim if head.per_anchor else None,
-            )
+        windows = _output_windows(
+            branch, norm, features[level_index], image_index[queries], row[queries], column[queries]
         )
-    if parts:
-        result = torch.cat(parts)[torch.argsort(order)]
-    else:
+        group = by_branch.setdefault(id(branch), _BranchQueries(branch.output))
+        group.add(queries, windows, cell[queries])
+    if not by_branch:
         result = features[0].new_zeros((0, head.embedding_dim))
+        return _with_unused_parameters(result, head, used_levels)
+    query_ids, outputs = [], []
+    for group in by_branch.values():
+        ids, values = group.outputs(head.embedding_dim if head.per_anchor else None)
+        query_ids.append(ids)
+        outputs.append(values)
+    result = torch.cat(outputs)[torch.argsort(torch.cat(query_ids))]
     return _with_unused_parameters(result, head, used_levels)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Queries:
-    image: Tensor
-    row: Tensor
-    column: Tensor
-    cell: Tensor  # anchor-in-cell
+class _BranchQueries:
+    """Queries of the levels sharing one output conv: their ids, hidden windows and anchor-in-cell."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        self.conv = conv
+        self.ids: list[Tensor] = []
+        self.windows: list[Tensor] = []
+        self.cells: list[Tensor] = []
+
+    def add(self, ids: Tensor, windows: Tensor, cells: Tensor) -> None:
+        self.ids.append(ids)
+        self.windows.append(windows)
+        self.cells.append(cells)
+
+    def outputs(self, per_anchor_dim: int | None) -> tuple[Tensor, Tensor]:
+        """Query ids and their outputs (per-anchor head: each query's own anchor slice)."""
+        ids, windows = torch.cat(self.ids), torch.cat(self.windows)
+        weight, bias = _conv_as_matrix(self.conv), self.conv.bias
+        if per_anchor_dim is None:
+            return ids, F.linear(windows, weight, bias)
+        cells = torch.cat(self.cells)
+        anchors_per_location = weight.shape[0] // per_anchor_dim
+        # unbind, not indexing: backward then builds one weight-sized gradient, not one per anchor
+        weights = weight.view(anchors_per_location, per_anchor_dim, -1).unbind(0)
+        biases = (
+            [None] * anchors_per_location if bias is None else bias.view(anchors_per_location, -1).unbind(0)
+        )
+        order = torch.argsort(cells, stable=True)
+        counts = torch.bincount(cells, minlength=anchors_per_location).tolist()
+        parts = [
+            F.linear(windows[queries], weights[anchor], biases[anchor])
+            for anchor, queries in enumerate(order.split(counts))
+            if len(queries)
+        ]
+        return ids[order], torch.cat(parts)
 
 
 def _check_ranges(
@@ -160,56 +193,59 @@ def _locate(
     return level, row, location - row * widths, local - location * anchors_per_location
 
 
-def _neighbours(row: Tensor, column: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(N, 9) rows and columns of each position's 3x3 neighbourhood, and which lie in the map."""
-    row_offsets = torch.tensor(_ROW_OFFSETS, device=row.device)
-    column_offsets = torch.tensor(_COLUMN_OFFSETS, device=row.device)
-    rows = row[:, None] + row_offsets
-    columns = column[:, None] + column_offsets
+def _unravel(keys: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Image, row and column of flat positions ``image * H * W + row * W + column``."""
+    image = torch.div(keys, height * width, rounding_mode="floor")
+    row = torch.div(keys, width, rounding_mode="floor") % height
+    return image, row, keys % width
+
+
+def _neighbour_slots(keys: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """The distinct in-map positions of the 3x3 neighbourhoods of flat positions ``keys``, and
+    for each (key, neighbour) its row among them, or the row after the last one when the
+    neighbour lies outside the map (where a zero row stands for the convs' zero padding)."""
+    image, row, column = _unravel(keys, height, width)
+    rows = row[:, None] + torch.tensor(_ROW_OFFSETS, device=keys.device)
+    columns = column[:, None] + torch.tensor(_COLUMN_OFFSETS, device=keys.device)
     inside = (rows >= 0) & (rows < height) & (columns >= 0) & (columns < width)
-    return rows, columns, inside
+    neighbour_keys = (image[:, None] * height + rows) * width + columns
+    distinct, slot_of_inside = torch.unique(neighbour_keys[inside], return_inverse=True)
+    slots = torch.full_like(neighbour_keys, len(distinct))
+    slots[inside] = slot_of_inside
+    return distinct, slots
+
+
+def _with_zero_row(rows: Tensor) -> Tensor:
+    return torch.cat([rows, rows.new_zeros((1, rows.shape[1]))])
 
 
 def _conv_as_matrix(conv: nn.Conv2d) -> Tensor:
-    """(out, 9 * in) weight matching windows laid out (kernel row, kernel column, channel)."""
-    return conv.weight.permute(0, 2, 3, 1).flatten(1)
+    """(out, in * 9) view of the weight (no copy), for windows laid out (channel, kernel position)."""
+    return conv.weight.flatten(1)
 
 
-def _level_embeddings(
-    branch: nn.Module, norm: nn.BatchNorm2d, features: Tensor, queries: _Queries, per_anchor_dim: int | None
+def _channel_major(windows: Tensor) -> Tensor:
+    """(N, 9, C) neighbourhood values -> (N, C * 9) rows matching :func:`_conv_as_matrix`."""
+    return windows.transpose(1, 2).flatten(1)
+
+
+def _output_windows(
+    branch: nn.Module, norm: nn.BatchNorm2d, features: Tensor, image: Tensor, row: Tensor, column: Tensor
 ) -> Tensor:
-    """(K, D) head outputs at one level's queries; ``per_anchor_dim`` None for the per-location head."""
+    """(K, hidden width * 9): the 3x3 hidden activations around each query, zero outside the map."""
     _, _, height, width = features.shape
-    centres, centre_of_query = torch.unique(
-        (queries.image * height + queries.row) * width + queries.column, return_inverse=True
-    )
-    centre_image = torch.div(centres, height * width, rounding_mode="floor")
-    centre_row = torch.div(centres, width, rounding_mode="floor") % height
-    rows, columns, inside = _neighbours(centre_row, centres % width, height, width)
-    neighbour_keys = (centre_image[:, None] * height + rows) * width + columns
-    hidden_keys, slot_of_inside = torch.unique(neighbour_keys[inside], return_inverse=True)
-    # out-of-map neighbours read an appended zero row: the output conv's zero padding
-    slots = torch.full_like(neighbour_keys, len(hidden_keys))
-    slots[inside] = slot_of_inside
-    hidden = _hidden_activations(branch.hidden, norm, features, hidden_keys)
-    hidden = torch.cat([hidden, hidden.new_zeros((1, hidden.shape[1]))])
-    windows = hidden[slots].flatten(1)  # (centres, 9 * hidden width)
-    weight = _conv_as_matrix(branch.output)
-    bias = branch.output.bias
-    if per_anchor_dim is None:
-        return F.linear(windows, weight, bias)[centre_of_query]
-    return _per_anchor_outputs(windows[centre_of_query], queries.cell, weight, bias, per_anchor_dim)
+    centres, centre_of_query = torch.unique((image * height + row) * width + column, return_inverse=True)
+    hidden_keys, hidden_slots = _neighbour_slots(centres, height, width)
+    input_keys, input_slots = _neighbour_slots(hidden_keys, height, width)
+    input_image, input_row, input_column = _unravel(input_keys, height, width)
+    inputs = _with_zero_row(features[input_image, :, input_row, input_column])  # (P + 1, C)
+    hidden = _hidden_activations(branch.hidden, norm, _channel_major(inputs[input_slots]))
+    return _channel_major(_with_zero_row(hidden)[hidden_slots])[centre_of_query]
 
 
-def _hidden_activations(conv: nn.Conv2d, norm: nn.BatchNorm2d, features: Tensor, keys: Tensor) -> Tensor:
-    """ReLU(BN(conv(features))) at flat positions ``keys`` (image * H * W + row * W + column)."""
-    _, _, height, width = features.shape
-    image = torch.div(keys, height * width, rounding_mode="floor")
-    row = torch.div(keys, width, rounding_mode="floor") % height
-    rows, columns, inside = _neighbours(row, keys % width, height, width)
-    windows = features[image[:, None], :, rows.clamp(0, height - 1), columns.clamp(0, width - 1)]
-    windows = torch.where(inside[..., None], windows, windows.new_zeros(()))  # (N, 9, C)
-    hidden = F.linear(windows.flatten(1), _conv_as_matrix(conv), conv.bias)
+def _hidden_activations(conv: nn.Conv2d, norm: nn.BatchNorm2d, windows: Tensor) -> Tensor:
+    """ReLU(BN(conv)) of (N, C * 9) input windows; BN on batch statistics over these N in training."""
+    hidden = F.linear(windows, _conv_as_matrix(conv), conv.bias)
     if norm.training and hidden.shape[0] < 2:
         normalised = F.batch_norm(
             hidden, norm.running_mean, norm.running_var, norm.weight, norm.bias, training=False, eps=norm.eps
@@ -217,24 +253,6 @@ def _hidden_activations(conv: nn.Conv2d, norm: nn.BatchNorm2d, features: Tensor,
     else:
         normalised = norm(hidden[:, :, None, None]).flatten(1)
     return torch.relu(normalised)
-
-
-def _per_anchor_outputs(
-    windows: Tensor, cell: Tensor, weight: Tensor, bias: Tensor | None, embedding_dim: int
-) -> Tensor:
-    """Each query's own anchor slice of the per-anchor output conv, one product per anchor-in-cell."""
-    anchors_per_location = weight.shape[0] // embedding_dim
-    weight = weight.view(anchors_per_location, embedding_dim, -1)
-    order = torch.argsort(cell, stable=True)
-    counts = torch.bincount(cell, minlength=anchors_per_location).tolist()
-    parts = [
-        F.linear(
-            windows[queries], weight[anchor], None if bias is None else bias.view(-1, embedding_dim)[anchor]
-        )
-        for anchor, queries in enumerate(order.split(counts))
-        if len(queries)
-    ]
-    return torch.cat(parts)[torch.argsort(order)]
 
 
 def _with_unused_parameters(result: Tensor, head: EmbeddingHead, used_levels: Sequence[int]) -> Tensor:

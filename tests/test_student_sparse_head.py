@@ -135,6 +135,21 @@ def test_batch_statistics_come_from_the_gathered_windows_only():
     assert torch.equal(head.branches[0].norms[1].running_mean, untouched_level)
 
 
+def test_a_single_hidden_position_in_training_uses_the_running_statistics():
+    head = small_head("per_location", shared=True).train()
+    features = pyramid(batch=1)
+    features[-1] = features[-1][:, :, :1, :1]  # a 1x1 P7: one hidden position, no batch variance
+    norm = head.branches[0].norms[4]
+    running_mean = norm.running_mean.clone()
+    last_anchor = torch.tensor([sum(f.shape[-2] * f.shape[-1] for f in features) * ANCHORS_PER_LOCATION - 1])
+    trained = embeddings_at_anchors(head, features, torch.tensor([0]), last_anchor, ANCHORS_PER_LOCATION)
+    assert torch.equal(norm.running_mean, running_mean)
+    head.eval()
+    with torch.no_grad():
+        expected = dense_at(head, features, torch.tensor([0]), last_anchor)
+    torch.testing.assert_close(trained.detach(), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_no_anchors_gives_an_empty_result_connected_to_every_parameter():
     head = small_head("per_anchor", shared=False).train()
     empty = torch.zeros(0, dtype=torch.int64)
