@@ -9,6 +9,7 @@ allocator set-up itself (:func:`tdt.process.configure_for_cli`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -49,8 +50,16 @@ def load_student(
     return model.to(device).eval(), checkpoint
 
 
-def load(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> Detector:
+def load(
+    checkpoint_path: str | Path, device: str | torch.device = "cpu", *, dense_embeddings: bool = False
+) -> Detector:
     """A ready :class:`student.inference.Detector` (BGR images in, boxes / scores /
-    L2-normalised embeddings in original pixels out) from a training checkpoint."""
+    L2-normalised embeddings in original pixels out) from a training checkpoint.
+
+    The embedding head runs only at the detections it keeps; ``dense_embeddings``
+    runs it on the whole map first (same embeddings, for parity checks), whatever
+    the checkpoint's recipe trained with.
+    """
     model, _ = load_student(checkpoint_path, device=device)
-    return Detector(model, device=device)
+    config = dataclasses.replace(model.config, dense_embeddings=dense_embeddings)
+    return Detector(model, config=config, device=device)

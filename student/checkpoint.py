@@ -40,6 +40,7 @@ NON_ARCHITECTURE_MODEL_KEYS: frozenset[str] = frozenset(
         "candidates_per_level",
         "input_height",
         "input_width",
+        "dense_embeddings",
     }
 )
 _PLAIN_SCALARS = (str, int, float, bool, type(None))

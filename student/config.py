@@ -44,6 +44,10 @@ class ModelConfig(PlainConfig):
     Anchor aspect ratios are WIDTH / HEIGHT (0.25 is a box four times taller
     than wide); anchor sizes are the square root of the anchor area.
     Images are letterboxed to ``input_height`` x ``input_width`` (aspect kept).
+    ``dense_embeddings`` runs the embedding head on every location of every
+    level instead of only at the anchors the loss or the detections read: the
+    same embeddings at inference, other BN batch statistics in training (see
+    :mod:`student.sparse_head`).
     """
 
     family: ModelFamilyName = "retinanet"
@@ -65,6 +69,7 @@ class ModelConfig(PlainConfig):
     nms_thresh: float = 0.5
     detections_per_image: int = 100
     candidates_per_level: int = 1000
+    dense_embeddings: bool = False
 
     def __post_init__(self) -> None:
         _require(

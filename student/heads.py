@@ -90,7 +90,8 @@ class BoxRegressionHead(AnchorPredictionHead):
 
 
 class _EmbeddingBranch(nn.Module):
-    """conv3x3 -> BN (one per level) -> ReLU -> conv3x3 to ``out_channels``."""
+    """conv3x3 -> BN (one per level) -> ReLU -> conv3x3 to ``out_channels``; the layers only
+    (:class:`EmbeddingHead` applies them densely, :mod:`student.sparse_head` at chosen anchors)."""
 
     def __init__(self, in_channels: int, width: int, out_channels: int, num_norms: int) -> None:
         super().__init__()
@@ -101,9 +102,6 @@ class _EmbeddingBranch(nn.Module):
         # a small last layer keeps the initial L2 loss near |teacher|^2 instead of ~150
         nn.init.normal_(self.output.weight, std=EMBEDDING_OUTPUT_INIT_STD)
         nn.init.zeros_(self.output.bias)
-
-    def forward(self, x: Tensor, norm_index: int) -> Tensor:
-        return self.output(torch.relu(self.norms[norm_index](self.hidden(x))))
 
 
 class EmbeddingHead(nn.Module):
@@ -140,14 +138,21 @@ class EmbeddingHead(nn.Module):
         self.branches = nn.ModuleList(branches)
         self.num_levels = num_levels
 
+    def level_modules(self, level: int) -> tuple[_EmbeddingBranch, nn.BatchNorm2d]:
+        """The branch (convs) and the BN that level ``level`` uses."""
+        if self.share_convs_across_levels:
+            branch = self.branches[0]
+            return branch, branch.norms[level]
+        branch = self.branches[level]
+        return branch, branch.norms[0]
+
     def forward(self, features: list[Tensor]) -> Tensor:
+        """The whole map of every level (dense); see :mod:`student.sparse_head` for chosen anchors."""
         if len(features) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} feature maps, got {len(features)}")
         outputs = []
         for level, x in enumerate(features):
-            if self.share_convs_across_levels:
-                output = self.branches[0](x, norm_index=level)
-            else:
-                output = self.branches[level](x, norm_index=0)
+            branch, norm = self.level_modules(level)
+            output = branch.output(torch.relu(norm(branch.hidden(x))))
             outputs.append(_flatten_level(output, self.embedding_dim))
         return torch.cat(outputs, dim=1)

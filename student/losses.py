@@ -222,20 +222,32 @@ class StudentCriterion(nn.Module):
     def _identity_losses(
         self, outputs: StudentOutputs, targets: Sequence[Mapping[str, Tensor]], positives: _PositiveMatches
     ) -> _IdentityLosses:
-        """Teacher-regression L2 and identity cross-entropy on the positive anchors (as configured)."""
+        """Teacher-regression L2 and identity cross-entropy on the positive anchors (as configured).
+
+        The head is read (a sparse head: evaluated) only at the positive anchors
+        whose box has a target for one of the terms.
+        """
         if not (self.uses_l2 or self.uses_identity_ce):
             return _IdentityLosses()
-        predicted = outputs.anchor_embeddings(positives.image_index, positives.anchor_index).float()
-        losses = _IdentityLosses()
+        teacher = identities = None
+        enters_loss = torch.zeros_like(positives.anchor_index, dtype=torch.bool)
         if self.uses_l2:
             teacher = self._gather_per_box(targets, "embeddings", positives)[:, : self.embedding_dim]
-            losses.num_embedding = int((~torch.isnan(teacher).any(dim=1)).sum())
-            losses.embedding_l2 = embedding_l2_loss(predicted, teacher)
-        if self.identity_classifier is not None:
+            enters_loss |= ~torch.isnan(teacher).any(dim=1)
+        if self.uses_identity_ce:
             identities = self._gather_per_box(targets, "identities", positives)
+            enters_loss |= identities >= 0
+        predicted = outputs.anchor_embeddings(
+            positives.image_index[enters_loss], positives.anchor_index[enters_loss]
+        ).float()
+        losses = _IdentityLosses()
+        if teacher is not None:
+            losses.num_embedding = int((~torch.isnan(teacher).any(dim=1)).sum())
+            losses.embedding_l2 = embedding_l2_loss(predicted, teacher[enters_loss])
+        if identities is not None and self.identity_classifier is not None:
             losses.num_identity = int((identities >= 0).sum())
             losses.identity_ce = identity_cross_entropy(
-                predicted, identities, self.identity_classifier, self.identity_scale
+                predicted, identities[enters_loss], self.identity_classifier, self.identity_scale
             )
         return losses
 

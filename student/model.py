@@ -18,6 +18,7 @@ from .anchors import AnchorGrid
 from .backbones import build_backbone
 from .config import FPN_STRIDES, ModelConfig
 from .heads import BoxRegressionHead, ClassificationHead, EmbeddingHead
+from .sparse_head import SparseEmbeddings
 
 NUM_CLASSES = 1  # person
 BOX_CODER_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
@@ -32,10 +33,13 @@ def make_box_coder() -> BoxCoder:
 class StudentOutputs:
     """Raw head outputs for a batch, anchors in the :class:`AnchorGrid` order.
 
-    ``embeddings`` is (B, num_anchors, D) for the per-anchor head, (B,
+    ``embeddings`` is the dense head output when the model ran with
+    ``dense_embeddings``: (B, num_anchors, D) for the per-anchor head, (B,
     num_locations, D) for the per-location head (anchor ``i`` uses location
-    ``i // anchors_per_location``) and None for the detection-only model.
-    Embeddings are raw regressions of teacher dimensions (not normalised).
+    ``i // anchors_per_location``); otherwise None, and ``sparse_embeddings``
+    evaluates the head only at the anchors asked for. Both are None for the
+    detection-only model. :meth:`anchor_embeddings` reads either. Embeddings
+    are raw regressions of teacher dimensions (not normalised).
     """
 
     class_logits: Tensor  # (B, num_anchors, NUM_CLASSES)
@@ -45,15 +49,24 @@ class StudentOutputs:
     anchors_per_level: tuple[int, ...]
     anchors_per_location: int
     image_size: tuple[int, int]  # (height, width) of the input batch
+    sparse_embeddings: SparseEmbeddings | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def has_embeddings(self) -> bool:
+        return self.embeddings is not None or self.sparse_embeddings is not None
 
     @property
     def embeddings_per_anchor(self) -> bool:
+        if self.sparse_embeddings is not None:
+            return self.sparse_embeddings.head.per_anchor
         return self.embeddings is not None and self.embeddings.shape[1] == self.anchors.shape[0]
 
     def anchor_embeddings(self, image_index: int | Tensor, anchor_indices: Tensor) -> Tensor:
         """(K, D) raw embeddings of anchors ``anchor_indices`` of image(s) ``image_index``
         (an int, or a (K,) tensor pairing each anchor with its image)."""
         if self.embeddings is None:
+            if self.sparse_embeddings is not None:
+                return self.sparse_embeddings.at_anchors(image_index, anchor_indices)
             raise ValueError("this model has no embedding head")
         if self.embeddings_per_anchor:
             return self.embeddings[image_index, anchor_indices]
@@ -102,18 +115,31 @@ class StudentDetector(nn.Module):
         normalised = (images - self.pixel_mean) / self.pixel_std
         return list(self.backbone(normalised).values())
 
-    def forward(self, images: Tensor) -> StudentOutputs:
+    def forward(self, images: Tensor, dense_embeddings: bool | None = None) -> StudentOutputs:
+        """Head outputs; the embedding head runs on the whole map only with ``dense_embeddings``
+        (default: ``config.dense_embeddings``), otherwise where the outputs' reader asks for it."""
         features = self.pyramid(images)
         feature_sizes = [(f.shape[-2], f.shape[-1]) for f in features]
         anchors_per_level = self.anchor_grid.per_level(
             feature_sizes, device=images.device, dtype=torch.float32
         )
+        if dense_embeddings is None:
+            dense_embeddings = self.config.dense_embeddings
+        embeddings = sparse_embeddings = None
+        if self.embedding_head is not None:
+            if dense_embeddings:
+                embeddings = self.embedding_head(features)
+            else:
+                sparse_embeddings = SparseEmbeddings(
+                    self.embedding_head, tuple(features), self.config.anchors_per_location
+                )
         return StudentOutputs(
             class_logits=self.classification_head(features),
             box_deltas=self.box_head(features),
-            embeddings=self.embedding_head(features) if self.embedding_head is not None else None,
+            embeddings=embeddings,
             anchors=torch.cat(anchors_per_level),
             anchors_per_level=tuple(len(a) for a in anchors_per_level),
             anchors_per_location=self.config.anchors_per_location,
             image_size=(images.shape[-2], images.shape[-1]),
+            sparse_embeddings=sparse_embeddings,
         )

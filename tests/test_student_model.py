@@ -206,7 +206,7 @@ def test_anchors_match_torchvision_generator_with_converted_ratios():
 def test_forward_backward_per_backbone(backbone: str):
     model = random_student(backbone=backbone, embedding_dim=8)
     images = torch.rand(1, 3, *SMALL_INPUT)
-    outputs = model(images)
+    outputs = model(images, dense_embeddings=True)
     num_anchors = sum(h * w * 9 for h, w in feature_sizes_for_input(*SMALL_INPUT))
     assert outputs.anchors.shape == (num_anchors, 4)
     assert outputs.class_logits.shape == (1, num_anchors, 1)
@@ -235,7 +235,7 @@ def test_resnet50_forward():
 def test_per_location_head_shapes_and_anchor_lookup():
     model = random_student(backbone="mobilenet_v2_fpn", embedding_head="per_location").eval()
     with torch.no_grad():
-        outputs = model(torch.rand(2, 3, *SMALL_INPUT))
+        outputs = model(torch.rand(2, 3, *SMALL_INPUT), dense_embeddings=True)
     num_locations = sum(h * w for h, w in feature_sizes_for_input(*SMALL_INPUT))
     assert outputs.embeddings is not None
     assert outputs.embeddings.shape == (2, num_locations, 16)
@@ -252,7 +252,7 @@ def test_per_anchor_head_unshared_convs():
     assert model.embedding_head is not None
     assert len(model.embedding_head.branches) == 5
     with torch.no_grad():
-        outputs = model(torch.rand(1, 3, *SMALL_INPUT))
+        outputs = model(torch.rand(1, 3, *SMALL_INPUT), dense_embeddings=True)
     assert outputs.embeddings is not None
     assert outputs.embeddings.shape == (1, outputs.anchors.shape[0], 4)
 
@@ -275,7 +275,7 @@ def test_detection_only_variant_has_no_embedding_head():
 def test_embedding_output_starts_small():
     model = random_student(backbone="mobilenet_v2_fpn").eval()
     with torch.no_grad():
-        outputs = model(torch.rand(1, 3, *SMALL_INPUT))
+        outputs = model(torch.rand(1, 3, *SMALL_INPUT), dense_embeddings=True)
     assert outputs.embeddings is not None
     # against L2-normalised teacher rows the initial L2 loss is then about |teacher|^2 <= 1
     assert outputs.embeddings.pow(2).sum(dim=2).mean() < 0.1
