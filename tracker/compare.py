@@ -15,16 +15,17 @@ detections and embeddings differs:
   thinned) with teacher embeddings / with none: the association alone;
 - ``public`` (``--public``): the sequences' ``det/det.txt`` + the teacher.
 
-Outputs in ``--out``: ``results.md`` (the table: MOTA, IDF1, IDs, FP, FN, AP@0.5,
-FPS and ms per stage; per-sequence tables), ``results.csv`` (one row per tracker
+Outputs in ``--out``: ``results.md`` (the table: HOTA, MOTA, IDF1, DetA, AssA, IDs,
+FP, FN, AP@0.5, FPS and ms per stage; per-sequence tables), ``results.csv`` (one row per tracker
 and sequence, plus OVERALL), ``results.json`` (everything, with the settings),
 ``results.png`` (chart, drawn with cv2) and ``<tracker>/<sequence>.txt`` (MOT results).
 
-Evaluation: MOT15 protocol for 10-column ground truth (e.g. PETS09), MOT17 for
-9-column (MOT20 by name); OVERALL pools all sequences' events (motmetrics).
+Evaluation (:mod:`tracker.evaluation`): MOT15 protocol for 10-column ground truth
+(e.g. PETS09), MOT17 for 9-column (MOT20 by name); CLEAR / Identity metrics by
+motmetrics, HOTA by TrackEval's metric code; OVERALL pools all sequences.
 AP@0.5 is computed on each frame's detections before association (every
 detection the source scored) against the ground-truth targets, non-target
-people (MOT15 flag 0; MOT17 mark 0 or distractor class) ignored. FPS counts the
+people (MOT15 flag 0; MOT17 distractor classes and mark-0 pedestrians) ignored. FPS counts the
 model, teacher and association stages, not image decoding; each run's first
 frame is not timed (warm-up).
 """
@@ -47,7 +48,7 @@ import numpy as np
 
 from tracker.association import Tracker
 from tracker.config import TrackerConfig
-from tracker.evaluation import OVERALL, MotMetrics, accumulate_sequence, summarize
+from tracker.evaluation import OVERALL, MotMetrics, prepare_sequence, summarize
 from tracker.metrics import average_precision
 from tracker.mot_format import write_mot_results
 from tracker.sequence import FrameRange, GroundTruth, InputSequence, SequenceError, open_sequence
@@ -61,6 +62,7 @@ from tracker.sources import (
     SourceError,
     TeacherLike,
     TwoStageDetection,
+    add_detections_per_image_option,
     add_teacher_options,
     load_detector,
     source_frames,
@@ -166,14 +168,14 @@ def run_tracker(
 
 def score_runs(runs: dict[str, TrackingRun], sequences: Sequence[ComparisonSequence]) -> dict[str, Scores]:
     """Per-sequence and OVERALL scores of one tracker's runs."""
-    accumulators = {}
+    prepared = {}
     ap_inputs: dict[str, tuple[list[Any], list[Any]]] = {}
     for item in sequences:
         name = item.sequence.name
         tracking = runs[name]
         ground_truth = item.ground_truth
         evaluated_rows = ground_truth.rows[np.isin(ground_truth.rows[:, 0], tracking.frame_numbers)]
-        accumulators[name] = accumulate_sequence(
+        prepared[name] = prepare_sequence(
             evaluated_rows, tracking.mot_rows, ground_truth.benchmark, frames=tracking.frame_numbers
         )
         detections = [(d.tlbr, d.score) for d in tracking.scored_detections]
@@ -182,7 +184,7 @@ def score_runs(runs: dict[str, TrackingRun], sequences: Sequence[ComparisonSeque
             tlbr, _, ignore = ground_truth.frame_boxes(number)
             truths.append((tlbr, ignore))
         ap_inputs[name] = (detections, truths)
-    metrics = summarize(accumulators)
+    metrics = summarize(prepared)
     scores = {
         name: Scores(
             metrics[name],
@@ -207,8 +209,11 @@ def score_runs(runs: dict[str, TrackingRun], sequences: Sequence[ComparisonSeque
 
 TABLE_COLUMNS = (
     "Tracker",
+    "HOTA",
     "MOTA",
     "IDF1",
+    "DetA",
+    "AssA",
     "IDs",
     "FP",
     "FN",
@@ -233,8 +238,11 @@ def _table_row(label: str, scores: Scores) -> list[str]:
     metrics, timing = scores.metrics, scores.timing
     return [
         label,
+        _percent(metrics.hota),
         _percent(metrics.mota),
         _percent(metrics.idf1),
+        _percent(metrics.deta),
+        _percent(metrics.assa),
         str(metrics.id_switches),
         str(metrics.false_positives),
         str(metrics.false_negatives),
@@ -262,7 +270,7 @@ def markdown_report(results: Sequence[TrackerResult], settings: dict[str, Any]) 
         "# Tracker comparison",
         "",
         f"Sequences: {', '.join(sequence_names)}; frames: {settings['frames_description']}.",
-        "MOTA, IDF1 and AP@0.5 in %; FPS counts model + teacher + association (ms per frame), "
+        "HOTA, MOTA, IDF1, DetA, AssA and AP@0.5 in %; FPS counts model + teacher + association (ms per frame), "
         "not image decoding; the first frame of each run is not timed.",
         "",
         "## All sequences",
@@ -292,7 +300,23 @@ def markdown_report(results: Sequence[TrackerResult], settings: dict[str, Any]) 
     return "\n".join(lines) + "\n"
 
 
-CSV_METRICS = ("mota", "idf1", "id_switches", "false_positives", "false_negatives", "precision", "recall")
+CSV_METRICS = (
+    "hota",
+    "deta",
+    "assa",
+    "loca",
+    "det_re",
+    "det_pr",
+    "ass_re",
+    "ass_pr",
+    "mota",
+    "idf1",
+    "id_switches",
+    "false_positives",
+    "false_negatives",
+    "precision",
+    "recall",
+)
 
 
 def write_csv(path: Path, results: Sequence[TrackerResult]) -> None:
@@ -347,7 +371,12 @@ def write_json(path: Path, results: Sequence[TrackerResult], settings: dict[str,
 # ---- chart (cv2: matplotlib is not a dependency) -------------------------------------------------
 
 _CHART_SIZE = (1200, 560)  # width, height
-_METRIC_COLOURS = {"MOTA": (180, 119, 31), "IDF1": (14, 127, 255), "AP@0.5": (44, 160, 44)}  # BGR
+_METRIC_COLOURS = {  # BGR
+    "HOTA": (189, 103, 148),
+    "MOTA": (180, 119, 31),
+    "IDF1": (14, 127, 255),
+    "AP@0.5": (44, 160, 44),
+}
 _FPS_COLOUR = (40, 39, 214)
 _INK = (30, 30, 30)
 _GRID = (215, 215, 215)
@@ -363,7 +392,7 @@ def _centred_text(canvas: np.ndarray, text: str, centre_x: int, y: int, scale: f
 
 
 def draw_chart(results: Sequence[TrackerResult]) -> np.ndarray:
-    """Left: MOTA, IDF1, AP@0.5 (%) per tracker; right: FPS per tracker on a log scale."""
+    """Left: HOTA, MOTA, IDF1, AP@0.5 (%) per tracker; right: FPS per tracker on a log scale."""
     width, height = _CHART_SIZE
     canvas = np.full((height, width, 3), 255, np.uint8)
     top, bottom = 60, height - 70
@@ -384,7 +413,12 @@ def _draw_accuracy_panel(
     bar_width = max(int(group_width / (len(_METRIC_COLOURS) + 1)), 2)
     for index, result in enumerate(results):
         overall = result.overall
-        values = {"MOTA": overall.metrics.mota, "IDF1": overall.metrics.idf1, "AP@0.5": overall.ap50}
+        values = {
+            "HOTA": overall.metrics.hota,
+            "MOTA": overall.metrics.mota,
+            "IDF1": overall.metrics.idf1,
+            "AP@0.5": overall.ap50,
+        }
         group_left = left + round(index * group_width + bar_width / 2)
         for slot, (name, colour) in enumerate(_METRIC_COLOURS.items()):
             value = values[name]
@@ -438,10 +472,12 @@ detector + re-ID teacher on each crop (--two-stage), ground-truth oracle with
 and without teacher embeddings (--oracle), public detections + teacher
 (--public). All run the same association with the same TrackerConfig on the
 same frames. Evaluation: MOT15 protocol for 10-column gt (PETS09), MOT17 for
-9-column gt; AP@0.5 on the detections before association. FPS counts model +
-teacher + association, not image decoding.
+9-column gt (as TrackEval: HOTA by its code, MOTA/IDF1 by motmetrics); AP@0.5
+on the detections before association. FPS counts model + teacher +
+association, not image decoding.
 
-Writes results.md (table: MOTA, IDF1, IDs, FP, FN, AP@0.5, FPS, ms per stage),
+Writes results.md (table: HOTA, MOTA, IDF1, DetA, AssA, IDs, FP, FN, AP@0.5,
+FPS, ms per stage),
 results.csv, results.json, results.png and <tracker>/<sequence>.txt to --out.
 Bad input (missing checkpoint or teacher weights, a sequence without
 gt/gt.txt): a one-line error and exit status 2.
@@ -499,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML mapping of TrackerConfig fields, the same for every tracker (missing keys: FairMOT defaults)",
     )
     parser.add_argument("--device", default="cpu", help="torch device of the students")
+    add_detections_per_image_option(parser)
     add_threads_option(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -528,8 +565,8 @@ def open_comparison_sequences(
     return opened
 
 
-def _student(path: Path, device: str, option: str) -> DetectorLike:
-    detector = load_detector(path, device)
+def _student(path: Path, device: str, option: str, detections_per_image: int | None) -> DetectorLike:
+    detector = load_detector(path, device, detections_per_image)
     if not detector.embedding_dim:
         raise SourceError(
             f"{option} {path}: detection-only checkpoint (no embedding head); pass it as --two-stage"
@@ -558,10 +595,12 @@ def build_entries(
     entries: list[TrackerEntry] = []
     notes: list[str] = []
     if args.one_stage is not None:
-        one_stage = OneStageDetection(_student(args.one_stage, args.device, "--one-stage"))
+        one_stage = OneStageDetection(
+            _student(args.one_stage, args.device, "--one-stage", args.detections_per_image)
+        )
         entries.append(TrackerEntry("one-stage", "one-stage (L2)", lambda sequence, truth: one_stage))
     if args.ce is not None:
-        ce = OneStageDetection(_student(args.ce, args.device, "--ce"))
+        ce = OneStageDetection(_student(args.ce, args.device, "--ce", args.detections_per_image))
         entries.append(TrackerEntry("ce", "one-stage (CE)", lambda sequence, truth: ce))
     if teacher is not None:
         entries += _teacher_entries(args, teacher, tracker_config, notes)
@@ -573,13 +612,13 @@ def _teacher_entries(
 ) -> list[TrackerEntry]:
     entries = []
     if args.two_stage is not None:
-        detector = load_detector(args.two_stage, args.device)
+        detector = load_detector(args.two_stage, args.device, args.detections_per_image)
         if detector.embedding_dim:
             notes.append(
                 f"--two-stage {args.two_stage} has an embedding head: its embeddings are ignored, "
                 "but its time counts in the two-stage model ms"
             )
-        two_stage = TwoStageDetection(detector, teacher, tracker_config.min_score)
+        two_stage = TwoStageDetection(detector, teacher, tracker_config.lowest_used_score)
         entries.append(
             TrackerEntry("two-stage", f"two-stage (+{teacher.name})", lambda sequence, truth: two_stage)
         )

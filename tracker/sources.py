@@ -9,9 +9,9 @@ Stages:
 
 - :class:`OneStageDetection`: a student whose detector emits embeddings.
 - :class:`TwoStageDetection`: a detector (detection-only checkpoint) plus the
-  re-ID teacher on each detected crop. Only detections the tracker would keep
-  (score >= ``min_score``, the TrackerConfig's) are embedded: the tracker drops
-  the others before matching, so the tracks are the same and the teacher is
+  re-ID teacher on each detected crop. Only detections the tracker would use
+  (score >= ``min_score``: the TrackerConfig's ``lowest_used_score``) are
+  embedded: the tracker drops the others before matching, so the tracks are the same and the teacher is
   not charged for crops nobody uses. AP still sees every detection.
 - :class:`OracleDetection`: the sequence's ground-truth targets (score 1),
   optionally jittered and thinned with a seed, with teacher embeddings or
@@ -38,6 +38,7 @@ only inside :func:`load_detector`, :func:`add_teacher_options`,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -406,18 +407,41 @@ def _nonzero_rows(embedding: np.ndarray | None) -> npt.NDArray[np.bool_]:
 # ---- adapters: the only places that import student / teacher -----------------------------------
 
 
-def load_detector(checkpoint: Path, device: str = "cpu") -> DetectorLike:
-    """``student.load`` with its checkpoint errors turned into one-line :class:`SourceError`."""
+def load_detector(
+    checkpoint: Path, device: str = "cpu", detections_per_image: int | None = None
+) -> DetectorLike:
+    """``student.load`` with its checkpoint errors turned into one-line :class:`SourceError`.
+
+    ``detections_per_image`` overrides the checkpoint's cap on detections kept per
+    image after NMS (None: the checkpoint's own).
+    """
+    if detections_per_image is not None and detections_per_image < 1:
+        raise SourceError(f"detections per image must be >= 1, got {detections_per_image}")
     if not Path(checkpoint).is_file():
         raise SourceError(f"{checkpoint}: no such checkpoint file")
     import student
     from student.checkpoint import CheckpointError
     from student.config import ConfigError
+    from student.inference import Detector
 
     try:
-        return student.load(checkpoint, device)
+        detector = student.load(checkpoint, device)
     except (CheckpointError, ConfigError) as error:
         raise SourceError(_one_line(str(error))) from error
+    if detections_per_image is None:
+        return detector
+    config = dataclasses.replace(detector.config, detections_per_image=detections_per_image)
+    return Detector(detector.model, config, device)
+
+
+def add_detections_per_image_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detections-per-image",
+        type=int,
+        default=None,
+        help="keep at most this many detections per image after NMS (default: the checkpoint's "
+        "detections_per_image; students trained since the default was raised keep 500)",
+    )
 
 
 def add_teacher_options(parser: argparse.ArgumentParser, default_name: str | None = None) -> None:

@@ -39,6 +39,7 @@ from tracker.sources import (
     SourceError,
     SourceFrame,
     TwoStageDetection,
+    add_detections_per_image_option,
     add_teacher_options,
     load_detector,
     set_torch_threads,
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the video header, 30 for image folders",
     )
     parser.add_argument("--device", default="cpu", help="torch device of the student, e.g. cpu or cuda:0")
+    add_detections_per_image_option(parser)
     add_threads_option(parser)
     parser.add_argument(
         "--tracker-config",
@@ -244,13 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def choose_stage(args: argparse.Namespace, tracker_config: TrackerConfig) -> DetectionStage:
-    detector = load_detector(args.checkpoint, args.device)
+    detector = load_detector(args.checkpoint, args.device, args.detections_per_image)
     one_stage = bool(detector.embedding_dim) if args.mode == "auto" else args.mode == "one-stage"
     if one_stage:
         if args.teacher_weights is not None:
             print("note: one-stage tracking: --teacher-weights is not used", file=sys.stderr)
         return OneStageDetection(detector)
-    return TwoStageDetection(detector, teacher_from_args(args), min_score=tracker_config.min_score)
+    return TwoStageDetection(detector, teacher_from_args(args), min_score=tracker_config.lowest_used_score)
 
 
 def run(args: argparse.Namespace) -> None:
