@@ -14,7 +14,7 @@ import pytest
 from trackeval_reference import trackeval_results
 
 from tracker import Tracker, TrackerConfig
-from tracker.evaluation import OVERALL, MotMetrics, evaluate_sequences
+from tracker.evaluation import OVERALL, MotMetrics, evaluate_sequences, prepare_sequence
 from tracker.mot_format import frame_tracks_to_mot_rows, read_mot_file, stack_mot_rows
 from tracker.sequence import open_sequence
 
@@ -107,6 +107,8 @@ def test_mot17_mini_tracker_output_on_every_class_matches_trackeval(mot17_mini_d
             gt[gt[:, 7] == 3, 7] = 6  # cars become non-MOT vehicles: distractors on MOT20 only
         # boxes of every class are tracked: the output hits distractors, cars and occluders
         results = track_boxes(gt, TrackerConfig(), frame_rate=30.0, seed=1)
+        kept = sum(len(frame.predicted_ids) for frame in prepare_sequence(gt, results, protocol))
+        assert kept < len(results), "some output lies on distractors and is removed"
         sequences[name] = (gt, results)
     ours = assert_parity(sequences, protocol)
     assert ours[OVERALL].false_positives > 0 and ours[OVERALL].num_matches > 0

@@ -116,3 +116,30 @@ def test_config_defaults_and_the_lowest_score_a_source_must_deliver():
     byte = TrackerConfig.from_dict({"association": "byte", "low_score_threshold": 0})
     assert byte.low_score_threshold == 0.0 and byte.lowest_used_score == 0.0
     assert TrackerConfig.from_dict(byte.to_dict()) == byte
+
+
+# --- oracle scores for measuring BYTE: the visible share of each ground-truth box -----------------
+
+
+def test_visible_share_counts_only_boxes_nearer_the_camera():
+    from tracker.sources import visible_share
+
+    boxes = np.array([[0, 0, 10, 20], [5, 0, 15, 25], [100, 100, 110, 120], [0, 0, 10, 20]], float)
+    # box 1 (bottom edge 25) hides the right half of boxes 0 and 3; boxes 0 and 3 tie and hide nothing
+    np.testing.assert_allclose(visible_share(boxes), [0.5, 1.0, 1.0, 0.5])
+    assert visible_share(np.empty((0, 4))).shape == (0,)
+
+
+def test_oracle_visibility_scores_follow_the_kept_boxes():
+    from tracker.sources import OraclePerturbation
+
+    boxes = np.array([[0, 0, 10, 20], [5, 0, 15, 25], [100, 100, 110, 120]], float)
+    kept, scores = OraclePerturbation(visibility_scores=True).detections(3, boxes)
+    np.testing.assert_array_equal(kept, boxes)
+    np.testing.assert_allclose(scores, [0.5, 1.0, 1.0])
+    perturbation = OraclePerturbation(jitter=0.05, drop_rate=0.4, seed=2, visibility_scores=True)
+    moved, scores = perturbation.detections(3, boxes)
+    plain, ones = OraclePerturbation(jitter=0.05, drop_rate=0.4, seed=2).detections(3, boxes)
+    np.testing.assert_array_equal(moved, plain)  # same boxes kept and moved, only the scores differ
+    assert len(scores) == len(moved) and ones.tolist() == [1.0] * len(plain)
+    assert set(np.round(scores, 3)) <= {0.5, 1.0}

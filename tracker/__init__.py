@@ -1,7 +1,7 @@
 """Association, MOT output and evaluation on plain numpy arrays.
 
 Never imports torch, ``student`` or ``teacher`` (only the frame-source adapters
-may). ``tracker.evaluation`` (motmetrics, pandas) is imported on its own so that
+may). ``tracker.evaluation`` (TrackEval's metric classes, scipy) is imported on its own so that
 importing the tracker or :func:`average_precision` stays light.
 """
 

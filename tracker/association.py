@@ -128,12 +128,12 @@ class _Detections:
     score: FloatArray
     feature: npt.NDArray[np.float32]  # unit-norm copies, (N, D); D = 0 without embeddings
 
-    def take(self, indices: IndexArray) -> _Detections:
+    def take(self, rows: IndexArray | slice) -> _Detections:
         return _Detections(
-            tlbr=self.tlbr[indices],
-            xyah=self.xyah[indices],
-            score=self.score[indices],
-            feature=self.feature[indices],
+            tlbr=self.tlbr[rows],
+            xyah=self.xyah[rows],
+            score=self.score[rows],
+            feature=self.feature[rows],
         )
 
 
@@ -206,7 +206,7 @@ class Tracker:
         )
 
         first_matches, unmatched_pool, unmatched_detections = linear_assignment(
-            self._first_step_cost(pool, detections.take(high_detections)), self._first_step_threshold()
+            self._first_step_cost(pool, detections.take(slice(0, len(high)))), self._first_step_threshold()
         )
         matched_rows = [pool[first_matches[:, 0]]]
         matched_detections = [high_detections[first_matches[:, 1]]]

@@ -21,8 +21,8 @@ and sequence, plus OVERALL), ``results.json`` (everything, with the settings),
 ``results.png`` (chart, drawn with cv2) and ``<tracker>/<sequence>.txt`` (MOT results).
 
 Evaluation (:mod:`tracker.evaluation`): MOT15 protocol for 10-column ground truth
-(e.g. PETS09), MOT17 for 9-column (MOT20 by name); CLEAR / Identity metrics by
-motmetrics, HOTA by TrackEval's metric code; OVERALL pools all sequences.
+(e.g. PETS09), MOT17 for 9-column (MOT20 by name); every metric by TrackEval's
+HOTA / CLEAR / Identity classes; OVERALL pools all sequences.
 AP@0.5 is computed on each frame's detections before association (every
 detection the source scored) against the ground-truth targets, non-target
 people (MOT15 flag 0; MOT17 distractor classes and mark-0 pedestrians) ignored. FPS counts the
@@ -472,7 +472,7 @@ detector + re-ID teacher on each crop (--two-stage), ground-truth oracle with
 and without teacher embeddings (--oracle), public detections + teacher
 (--public). All run the same association with the same TrackerConfig on the
 same frames. Evaluation: MOT15 protocol for 10-column gt (PETS09), MOT17 for
-9-column gt (as TrackEval: HOTA by its code, MOTA/IDF1 by motmetrics); AP@0.5
+9-column gt (every metric by TrackEval's metric classes); AP@0.5
 on the detections before association. FPS counts model + teacher +
 association, not image decoding.
 
@@ -520,6 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--oracle-drop", type=float, default=0.0, help="probability an oracle box is left out"
     )
     parser.add_argument("--oracle-seed", type=int, default=0, help="seed of the oracle's jitter and drops")
+    parser.add_argument(
+        "--oracle-visibility-scores",
+        action="store_true",
+        help="score each oracle box by its share not hidden by people nearer the camera (default: 1), "
+        "so that occluded people get the low scores BYTE association is made for",
+    )
     parser.add_argument("--public", action="store_true", help="add det/det.txt public detections + teacher")
     parser.add_argument(
         "--public-min-score",
@@ -586,7 +592,7 @@ def build_entries(
         if missing:
             raise SequenceError(f"--public: no det/det.txt in {', '.join(missing)}")
     # Bad oracle settings fail here, before anything slow is loaded.
-    OraclePerturbation(args.oracle_jitter, args.oracle_drop, args.oracle_seed)
+    oracle_perturbation(args)
     checkpoints = [path for path in (args.one_stage, args.ce, args.two_stage) if path is not None]
     for path in checkpoints:  # every missing file is reported before anything slow is loaded
         if not path.is_file():
@@ -623,7 +629,7 @@ def _teacher_entries(
             TrackerEntry("two-stage", f"two-stage (+{teacher.name})", lambda sequence, truth: two_stage)
         )
     if args.oracle:
-        perturbation = OraclePerturbation(args.oracle_jitter, args.oracle_drop, args.oracle_seed)
+        perturbation = oracle_perturbation(args)
         entries.append(
             TrackerEntry(
                 "oracle",
@@ -647,6 +653,12 @@ def _teacher_entries(
             )
         )
     return entries
+
+
+def oracle_perturbation(args: argparse.Namespace) -> OraclePerturbation:
+    return OraclePerturbation(
+        args.oracle_jitter, args.oracle_drop, args.oracle_seed, args.oracle_visibility_scores
+    )
 
 
 def _public_stage(sequence: InputSequence, teacher: TeacherLike, min_raw_score: float) -> PublicDetection:

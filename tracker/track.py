@@ -185,7 +185,7 @@ on each detected crop (then --teacher-weights or $TDT_TEACHER_WEIGHTS is
 required). Writes <out>/<sequence>.txt in MOT format
 (frame,id,x,y,w,h,score,-1,-1,-1) and, with --render, <out>/<sequence>.mp4
 (boxes, IDs, trails). Prints per-stage times and FPS (image decoding is shown
-but not counted in FPS), and MOTA/IDF1 when the input is a MOTChallenge
+but not counted in FPS), and HOTA/MOTA/IDF1 when the input is a MOTChallenge
 sequence with gt/gt.txt. Bad input: a one-line error and exit status 2.
 
 examples:
