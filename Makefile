@@ -13,11 +13,16 @@ install: $(STAMP)
 # torch first, pinned: the CPU build. constraints.txt then keeps torchvision at 0.28.0,
 # the release matching torch 2.13.0: an unpinned torchvision would make pip replace
 # torch with a multi-GB CUDA build.
-$(STAMP): pyproject.toml constraints.txt
+# TrackEval last and without its declared dependencies: the metric classes the
+# evaluation runs need only numpy and scipy, while its requirements would install
+# opencv-python over opencv-python-headless, plus matplotlib and pycocotools
+# (tracker/trackeval_metrics.py), so it cannot be listed in pyproject.toml.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps trackeval==1.3.0
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -2,13 +2,15 @@
 
 Each scene: N people-sized boxes in a 1920x1080 frame moving linearly (bouncing
 off the borders) with Gaussian jitter on the detected boxes, a few missed
-detections per frame, detections shuffled, and 128-d embeddings made of a
-per-identity base vector plus noise. Only ``Tracker.update`` is timed; the
-scenes are generated beforehand. Growth is reported relative to the smallest N
-of the same run.
+detections per frame, a share of weak detections (score 0.1-0.4, as occluded
+people get), detections shuffled, and 128-d embeddings made of a per-identity
+base vector plus noise. Only ``Tracker.update`` is timed, once per association
+mode (FairMOT drops the weak detections, BYTE matches them in a second IoU
+step); the scenes are generated beforehand. Growth is reported relative to the
+smallest N of the same mode and run.
 
-    python benchmarks/association.py                 # N = 10, 50, 200, 500
-    python benchmarks/association.py --sizes 50 500 --frames 200 --evaluate
+    python benchmarks/association.py                 # N = 10, 50, 200, 500, both modes
+    python benchmarks/association.py --sizes 50 500 --frames 200 --evaluate --modes byte
     OPENBLAS_NUM_THREADS=2 python benchmarks/association.py   # multi-threaded BLAS
 
 numpy's BLAS runs single-threaded here unless OPENBLAS_NUM_THREADS is set:
@@ -36,6 +38,7 @@ import numpy.typing as npt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tracker import FrameTracks, Tracker, TrackerConfig  # noqa: E402
+from tracker.config import ASSOCIATION_MODES  # noqa: E402
 
 FRAME_WIDTH = 1920.0
 FRAME_HEIGHT = 1080.0
@@ -55,6 +58,7 @@ def synthetic_scene(
     *,
     embedding_dim: int,
     miss_rate: float,
+    weak_rate: float,
     seed: int,
 ) -> list[SceneFrame]:
     rng = np.random.default_rng(seed)
@@ -88,10 +92,13 @@ def synthetic_scene(
         if embedding_dim:
             noisy = identity_base[visible] + rng.normal(0.0, 0.04, (len(visible), embedding_dim))
             embedding = noisy.astype(np.float32)
+        score = rng.uniform(0.5, 1.0, len(visible))
+        weak = rng.random(len(visible)) < weak_rate
+        score[weak] = rng.uniform(0.1, 0.4, int(weak.sum()))
         frames.append(
             SceneFrame(
                 tlbr=(tlbr + jitter).astype(np.float32),
-                score=rng.uniform(0.5, 1.0, len(visible)).astype(np.float32),
+                score=score.astype(np.float32),
                 embedding=embedding,
                 identity=visible.astype(np.int64),
             )
@@ -106,9 +113,11 @@ class Timing:
     wall_median_ms: float
 
 
-def time_association(frames: list[SceneFrame], warmup: int) -> tuple[Timing, list[FrameTracks]]:
+def time_association(
+    frames: list[SceneFrame], warmup: int, config: TrackerConfig
+) -> tuple[Timing, list[FrameTracks]]:
     """Per-frame timing of ``Tracker.update`` over the frames after ``warmup``."""
-    tracker = Tracker(TrackerConfig(), frame_rate=30.0)
+    tracker = Tracker(config, frame_rate=30.0)
     wall, cpu, outputs = [], [], []
     for index, frame in enumerate(frames):
         wall_start, cpu_start = time.perf_counter(), time.thread_time()
@@ -126,8 +135,10 @@ def time_association(frames: list[SceneFrame], warmup: int) -> tuple[Timing, lis
     return timing, outputs
 
 
-def tracking_accuracy(frames: list[SceneFrame], outputs: list[FrameTracks]) -> tuple[float, float, int]:
-    """MOTA, IDF1 and ID switches of the run against the scene's true identities."""
+def tracking_accuracy(
+    frames: list[SceneFrame], outputs: list[FrameTracks]
+) -> tuple[float, float, float, int]:
+    """HOTA, MOTA, IDF1 and ID switches of the run against the scene's true identities."""
     from tracker.evaluation import evaluate_sequences
     from tracker.mot_format import frame_tracks_to_mot_rows, stack_mot_rows
 
@@ -144,7 +155,7 @@ def tracking_accuracy(frames: list[SceneFrame], outputs: list[FrameTracks]) -> t
     )
     metrics = evaluate_sequences({"synthetic": (np.concatenate(gt_rows), predictions)}, "MOT17")
     scene = metrics["synthetic"]
-    return scene.mota, scene.idf1, scene.id_switches
+    return scene.hota, scene.mota, scene.idf1, scene.id_switches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         "--embedding-dim", type=int, default=128, help="embedding size; 0 = IoU-only tracking"
     )
     parser.add_argument("--miss-rate", type=float, default=0.05, help="fraction of missed boxes")
+    parser.add_argument(
+        "--weak-rate", type=float, default=0.1, help="fraction of detections scored 0.1-0.4 (occluded)"
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=ASSOCIATION_MODES,
+        default=list(ASSOCIATION_MODES),
+        help="association modes to time",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--evaluate",
@@ -170,34 +191,41 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"Tracker.update, {args.frames} timed frames after {args.warmup} warm-up, "
-        f"embedding dim {args.embedding_dim}, miss rate {args.miss_rate}, seed {args.seed}, "
-        f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
+        f"embedding dim {args.embedding_dim}, miss rate {args.miss_rate}, weak rate {args.weak_rate}, "
+        f"seed {args.seed}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
     )
     growth_label = f"growth vs N={args.sizes[0]}"
-    header = f"{'N':>6} {'cpu ms/frame':>13} {'wall median':>12} {'wall mean':>10} {growth_label:>17}"
+    header = (
+        f"{'mode':>8} {'N':>6} {'cpu ms/frame':>13} {'wall median':>12} {'wall mean':>10} {growth_label:>17}"
+    )
     if args.evaluate:
-        header += f" {'MOTA':>7} {'IDF1':>7} {'IDs':>5}"
+        header += f" {'HOTA':>7} {'MOTA':>7} {'IDF1':>7} {'IDs':>5}"
     print(header)
-    baseline = None
-    for size in args.sizes:
-        frames = synthetic_scene(
+    scenes = {
+        size: synthetic_scene(
             size,
             args.warmup + args.frames,
             embedding_dim=args.embedding_dim,
             miss_rate=args.miss_rate,
+            weak_rate=args.weak_rate,
             seed=args.seed,
         )
-        timing, outputs = time_association(frames, args.warmup)
-        baseline = baseline if baseline is not None else timing.cpu_mean_ms
-        line = (
-            f"{size:>6} {timing.cpu_mean_ms:>13.3f} {timing.wall_median_ms:>12.3f} "
-            f"{timing.wall_mean_ms:>10.3f} {timing.cpu_mean_ms / baseline:>16.1f}x"
-        )
-        if args.evaluate:
-            mota, idf1, switches = tracking_accuracy(frames, outputs)
-            line += f" {100 * mota:>6.1f}% {100 * idf1:>6.1f}% {switches:>5}"
-        print(line, flush=True)
-    print("growth is the ratio of mean CPU time per frame to the first size's, same run")
+        for size in args.sizes
+    }
+    for mode in args.modes:
+        baseline = None
+        for size, frames in scenes.items():
+            timing, outputs = time_association(frames, args.warmup, TrackerConfig(association=mode))
+            baseline = baseline if baseline is not None else timing.cpu_mean_ms
+            line = (
+                f"{mode:>8} {size:>6} {timing.cpu_mean_ms:>13.3f} {timing.wall_median_ms:>12.3f} "
+                f"{timing.wall_mean_ms:>10.3f} {timing.cpu_mean_ms / baseline:>16.1f}x"
+            )
+            if args.evaluate:
+                hota, mota, idf1, switches = tracking_accuracy(frames, outputs)
+                line += f" {100 * hota:>6.1f}% {100 * mota:>6.1f}% {100 * idf1:>6.1f}% {switches:>5}"
+            print(line, flush=True)
+    print("growth is the ratio of mean CPU time per frame to the first size's, same mode and run")
     return 0
 
 

@@ -67,7 +67,9 @@ class ModelConfig(PlainConfig):
     input_width: int = 1088
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
-    detections_per_image: int = 100
+    # FairMOT keeps 500: MOT20 frames hold more than 150 people, and BYTE tracking also uses
+    # the low-score detections, which a cap of 100 cut first.
+    detections_per_image: int = 500
     candidates_per_level: int = 1000
     dense_embeddings: bool = False
 

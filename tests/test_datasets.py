@@ -316,12 +316,15 @@ def test_mot17_mini_keeps_pedestrians_and_warns_about_seqinfo(mot17_mini_dir: Pa
         *(("MOT17-04-FRCNN", f) for f in range(1, 9)),
     ]
 
-    identity_offset, expected_clipped, expected_pedestrians = 0, 0, 0
+    identity_offset, expected_clipped, expected_pedestrians, expected_ignored = 0, 0, 0, 0
     for sequence in ("MOT17-02-FRCNN", "MOT17-04-FRCNN"):
         gt = load_gt(mot17_mini_dir / sequence / "gt" / "gt.txt")
         for record in (r for r in records if r.sequence == sequence):
             rows = gt[gt[:, 0] == record.frame]
+            # distractor classes and mark-0 pedestrians are ignore regions; cars, occluders, ... background
             pedestrian = (rows[:, 6] == 1) & (rows[:, 7] == 1)
+            ignored = np.isin(rows[:, 7], [2, 7, 8, 12]) | ((rows[:, 6] == 0) & (rows[:, 7] == 1))
+            rows, pedestrian = rows[pedestrian | ignored], pedestrian[pedestrian | ignored]
             assert record.image == f"{sequence}/img1/{record.frame:06d}.jpg"
             assert (record.width, record.height) == MOT17_SIZE
             np.testing.assert_allclose(record.boxes, clipped_xyxy(rows[:, 2:6], *MOT17_SIZE), atol=1e-3)
@@ -330,8 +333,11 @@ def test_mot17_mini_keeps_pedestrians_and_warns_about_seqinfo(mot17_mini_dir: Pa
             np.testing.assert_array_equal(record.identities, expected_ids)
             expected_clipped += int(outside_image(rows[:, 2:6], *MOT17_SIZE).sum())
             expected_pedestrians += int(pedestrian.sum())
+            expected_ignored += int((~pedestrian).sum())
         identity_offset += int(gt[:, 1].max())
-    assert stats.boxes == 156 + 792
+    # of the 156 + 792 gt rows, 444 are cars, bicycles and occluders: background, not boxes
+    assert stats.boxes == 156 + 792 - 444
+    assert stats.ignored == expected_ignored == 80
     assert stats.boxes - stats.ignored == expected_pedestrians == 88 + 336
     assert stats.clipped == expected_clipped > 0
     assert stats.degenerate == 0
@@ -385,6 +391,27 @@ def test_mot_overclaimed_sequence_skips_gt_without_images(tmp_path: Path, pets_d
     assert stats.skipped_gt_rows == skipped
     assert [r.frame for r in records] == [1, 2, 3, 4]
     assert records[3].num_boxes == 0 and stats.negative_images == 1
+
+
+@pytest.mark.parametrize(
+    ("gt_format", "ignored_classes"), [("mot17", [2, 7, 8, 12]), ("mot20", [2, 6, 7, 8, 12])]
+)
+def test_mot17_and_mot20_classes_are_people_ignore_regions_or_background(
+    tmp_path: Path, pets_dir: Path, gt_format: str, ignored_classes: list[int]
+) -> None:
+    # one row per MOTChallenge class (1..13) plus a mark-0 pedestrian, in MOT17 columns
+    lines = [f"1,{cls},{20 * cls},100,30,80,1,{cls},1.0" for cls in range(1, 14)]
+    lines.append("1,20,400,300,30,80,0,1,0.5")
+    make_sequence(tmp_path, pets_dir, [1], lines, seq_length=1)
+    manifest = write_manifest(
+        tmp_path, "seq", SEQUENCE_MANIFEST.replace("{gt_format: mot15}", f"{{gt_format: {gt_format}}}")
+    )
+    (record,), stats = read_records(manifest)
+    kept_x = (record.boxes[:, 0] / 20).round().astype(int).tolist()
+    assert kept_x == [1, *ignored_classes, 20], "cars, bicycles, occluders, crowds: no box"
+    assert record.ignore.tolist() == [False] + [True] * (len(ignored_classes) + 1)
+    assert record.identities.tolist() == [1] + [-1] * (len(ignored_classes) + 1)
+    assert (stats.boxes, stats.ignored) == (len(ignored_classes) + 2, len(ignored_classes) + 1)
 
 
 def test_mot_sequence_without_images_is_an_error(tmp_path: Path, pets_dir: Path) -> None:

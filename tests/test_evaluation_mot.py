@@ -1,4 +1,7 @@
-"""MOT evaluation: motmetrics parity on TUD, MOTChallenge preprocessing, frame accounting."""
+"""MOT evaluation: motmetrics parity on TUD, MOTChallenge preprocessing, frame accounting.
+
+Parity of every number with TrackEval's own pipeline: tests/test_evaluation_trackeval.py.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +14,9 @@ import pytest
 from tracker.evaluation import (
     OVERALL,
     MotBenchmark,
-    accumulate_sequence,
     evaluate_sequences,
     format_summary,
-    iou_distance_matrix,
+    prepare_sequence,
     summarize,
 )
 from tracker.mot_format import read_mot_file
@@ -92,13 +94,13 @@ def test_tud_stadtmitte_and_overall_match_motmetrics_own_test_values():
     assert "TUD-Campus" in table and "52.6" in table and "72.3" in table
 
 
-def test_iou_distance_is_nan_below_the_threshold_and_kept_at_it():
-    gt = np.array([[0.0, 0.0, 10.0, 10.0]])
-    predictions = np.array([[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 21.0], [0.0, 0.0, 10.0, 10.0]])
-    distance = iou_distance_matrix(gt, predictions)
-    assert distance[0, 0] == pytest.approx(0.5)
-    assert np.isnan(distance[0, 1])
-    assert distance[0, 2] == 0.0
+def test_a_prediction_at_exactly_the_iou_threshold_matches_and_below_it_does_not():
+    gt = np.array([[1, 1, 0.0, 0.0, 10.0, 10.0, 1, 1, 1.0]])
+    at_half = evaluate_sequences({"s": (gt, np.array([[1, 7, 0.0, 0.0, 10.0, 20.0, 1, -1, -1, -1]]))})["s"]
+    assert (at_half.num_matches, at_half.false_positives) == (1, 0)
+    assert at_half.motchallenge_motp == pytest.approx(0.5)
+    below = evaluate_sequences({"s": (gt, np.array([[1, 7, 0.0, 0.0, 10.0, 21.0, 1, -1, -1, -1]]))})["s"]
+    assert (below.num_matches, below.false_positives, below.false_negatives) == (0, 1, 1)
 
 
 def gt_row(frame, track_id, x, y, mark=1, cls=1, visibility=1.0, w=20.0, h=50.0):
@@ -117,8 +119,8 @@ def test_every_ground_truth_frame_counts_even_without_predictions():
     assert metrics.false_negatives == 2 and metrics.num_matches == 2
     assert metrics.mota == pytest.approx(0.5)
     # frames named explicitly count too (here: frames with neither gt nor predictions)
-    accumulator = accumulate_sequence(gt, predictions, "MOT17", frames=range(1, 11))
-    assert summarize({"seq": accumulator})["seq"].num_frames == 10
+    prepared = prepare_sequence(gt, predictions, "MOT17", frames=range(1, 11))
+    assert summarize({"seq": prepared})["seq"].num_frames == 10
     # a tracker that output nothing at all
     nothing = evaluate_sequences({"seq": (gt, np.empty((0, 10)))}, "MOT17")["seq"]
     assert (nothing.false_negatives, nothing.mota, nothing.num_frames) == (4, 0.0, 4)
@@ -131,7 +133,7 @@ def test_predictions_on_frames_without_ground_truth_are_false_positives():
     assert (metrics.false_positives, metrics.num_frames) == (1, 2)
 
 
-def test_mot17_removes_predictions_matched_to_distractors_and_mark_zero_boxes():
+def test_mot17_removes_only_predictions_matched_to_distractor_classes():
     gt = np.array(
         [
             gt_row(1, 1, 100, 100),  # pedestrian target
@@ -147,8 +149,8 @@ def test_mot17_removes_predictions_matched_to_distractors_and_mark_zero_boxes():
             result_row(1, 10, 101, 100),  # on the target
             result_row(1, 11, 112, 100),  # on the static person next to it
             result_row(1, 12, 301, 101),  # on the person on vehicle
-            result_row(1, 13, 401, 100),  # on the mark-0 car
-            result_row(1, 14, 500, 101),  # on the mark-0 pedestrian
+            result_row(1, 13, 401, 100),  # on the mark-0 car: not a distractor, a false positive
+            result_row(1, 14, 500, 101),  # on the mark-0 pedestrian: a false positive too
             result_row(1, 15, 620, 100),  # beside the distractor, IoU < 0.5: stays a false positive
             result_row(1, 16, 900, 100),  # on nothing
         ]
@@ -156,7 +158,10 @@ def test_mot17_removes_predictions_matched_to_distractors_and_mark_zero_boxes():
     metrics = evaluate_sequences({"seq": (gt, predictions)}, "MOT17")["seq"]
     assert metrics.num_objects == 1
     assert metrics.num_matches == 1 and metrics.false_negatives == 0
-    assert metrics.false_positives == 2
+    assert metrics.false_positives == 4
+    frame = prepare_sequence(gt, predictions, "MOT17")[0]
+    assert frame.gt_ids.tolist() == [1]
+    assert frame.predicted_ids.tolist() == [10, 13, 14, 15, 16]
 
 
 def test_mot20_also_treats_non_mot_vehicles_as_distractors():
@@ -181,18 +186,27 @@ def test_mot15_drops_zero_flagged_ground_truth_and_removes_no_prediction():
     assert (metrics.num_matches, metrics.false_negatives, metrics.false_positives) == (1, 1, 1)
 
 
-def test_mot17_mini_ground_truth_scored_against_itself_is_perfect(mot17_mini_dir):
+def test_mot17_mini_ground_truth_scored_against_itself(mot17_mini_dir):
     for sequence in ("MOT17-02-FRCNN", "MOT17-04-FRCNN"):
         gt = read_mot_file(mot17_mini_dir / sequence / "gt" / "gt.txt")
-        # every gt row, distractors and ignored classes included, submitted as a track
-        predictions = np.concatenate([gt[:, :6], np.full((len(gt), 4), -1.0)], axis=1)
-        predictions[:, 1] += 10_000 * gt[:, 7]  # unique ids across classes
+        targets = (gt[:, 6] == 1) & (gt[:, 7] == 1)
+        distractors = np.isin(gt[:, 7], [2, 7, 8, 12])
+        assert targets.any() and distractors.any() and (~targets & ~distractors).any()
+        # the targets and the distractors submitted as tracks: a perfect score
+        kept = gt[targets | distractors]
+        predictions = np.concatenate([kept[:, :6], np.full((len(kept), 4), -1.0)], axis=1)
+        predictions[:, 1] += 10_000 * kept[:, 7]  # unique ids across classes
         metrics = evaluate_sequences({sequence: (gt, predictions)}, "MOT17")[sequence]
-        targets = int(((gt[:, 6] == 1) & (gt[:, 7] == 1)).sum())
-        assert targets > 0
-        assert metrics.num_matches == targets
+        assert metrics.num_matches == int(targets.sum())
         assert (metrics.false_positives, metrics.false_negatives, metrics.id_switches) == (0, 0, 0)
         assert metrics.mota == 1.0 and metrics.idf1 == 1.0 and metrics.motp == pytest.approx(0.0)
+        assert metrics.hota == pytest.approx(1.0) and metrics.assa == pytest.approx(1.0)
+        # every gt row submitted: cars, occluders and mark-0 rows are false positives
+        predictions = np.concatenate([gt[:, :6], np.full((len(gt), 4), -1.0)], axis=1)
+        predictions[:, 1] += 10_000 * gt[:, 7]
+        metrics = evaluate_sequences({sequence: (gt, predictions)}, "MOT17")[sequence]
+        assert metrics.false_positives == int((~targets & ~distractors).sum())
+        assert (metrics.false_negatives, metrics.id_switches) == (0, 0)
 
 
 def test_invalid_rows_are_rejected():
@@ -206,6 +220,6 @@ def test_invalid_rows_are_rejected():
     with pytest.raises(ValueError, match="MOT19"):
         evaluate_sequences({"s": (gt, np.empty((0, 10)))}, "MOT19")
     with pytest.raises(ValueError, match="reserved"):
-        summarize({OVERALL: accumulate_sequence(gt, np.empty((0, 10)))})
+        summarize({OVERALL: prepare_sequence(gt, np.empty((0, 10)))})
     with pytest.raises(ValueError, match="unknown sequence"):
         evaluate_sequences({"s": (gt, np.empty((0, 10)))}, frames={"t": range(3)})

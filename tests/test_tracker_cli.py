@@ -116,6 +116,7 @@ def test_track_two_stage_on_an_image_folder_and_a_video(
         shutil.copy(pets_dir / "img1" / f"{frame:06d}.jpg", images / f"{frame:06d}.jpg")
     teacher = ["--teacher", "osnet_x0_25", "--teacher-weights", str(osnet_x0_25_msmt17)]
     common = ["--checkpoint", str(checkpoints["detection-only"]), "--no-progress", "--threads", "1", *teacher]
+    common += ["--detections-per-image", "8"]
     assert track.main(["--input", str(images), "--out", str(tmp_path / "a"), *common]) == 0
     assert "two-stage" in capsys.readouterr().err
     assert_valid_mot_rows(tmp_path / "a" / "images.txt", range(120, 123))
@@ -163,6 +164,8 @@ def test_compare_writes_every_report_with_every_tracker(
             "3",
             "--threads",
             "1",
+            "--detections-per-image",
+            "12",
             "--no-progress",
             "--out",
             str(out),
@@ -176,7 +179,7 @@ def test_compare_writes_every_report_with_every_tracker(
     report = (out / "results.md").read_text()
     for label in ("one-stage (L2)", "one-stage (CE)", "two-stage (+osnet_x0_25)", "oracle gt (IoU only)"):
         assert f"| {label} |" in report
-    assert "| Tracker | MOTA | IDF1 | IDs | FP | FN | AP@0.5 | FPS |" in report
+    assert "| Tracker | HOTA | MOTA | IDF1 | DetA | AssA | IDs | FP | FN | AP@0.5 | FPS |" in report
     assert "PETS09-S2L1-half1: MOT15, MOT17-04-FRCNN: MOT17" in report
 
     with open(out / "results.csv") as stream:
@@ -188,6 +191,7 @@ def test_compare_writes_every_report_with_every_tracker(
         row for row in rows if row["tracker"] == "oracle-iou" and row["sequence"] == "OVERALL"
     )
     assert float(oracle_overall["ap50"]) > 0.8 and float(oracle_overall["teacher_ms"]) == 0.0
+    assert 0.0 < float(oracle_overall["hota"]) <= 1.0 and 0.0 < float(oracle_overall["assa"]) <= 1.0
 
     payload = json.loads((out / "results.json").read_text())
     assert [tracker["key"] for tracker in payload["trackers"]] == keys
@@ -195,6 +199,7 @@ def test_compare_writes_every_report_with_every_tracker(
     assert payload["settings"]["tracker_config"]["embedding_weight"] == 0.98
     two_stage = payload["trackers"][2]["results"]["OVERALL"]
     assert two_stage["teacher_ms"] > 0 and two_stage["model_ms"] > 0 and two_stage["fps"] > 0
+    assert {"hota", "deta", "assa", "loca", "mota", "idf1"} <= set(two_stage)
 
     chart = cv2.imread(str(out / "results.png"))
     assert chart is not None and chart.shape == (560, 1200, 3)
@@ -267,6 +272,15 @@ def test_load_detector_reports_checkpoint_problems_as_source_errors(tmp_path, ch
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(SourceError, match="empty.pt"):
         load_detector(tmp_path / "empty.pt")
+
+
+def test_detections_per_image_overrides_the_checkpoints_cap(pets_dir, checkpoints):
+    image = cv2.imread(str(pets_dir / "img1" / "000001.jpg"))
+    assert len(load_detector(checkpoints["one-stage"]).detect(image).score) == 12  # TINY_MODEL's cap
+    capped = load_detector(checkpoints["one-stage"], "cpu", detections_per_image=5)
+    assert capped.embedding_dim == 16 and len(capped.detect(image).score) == 5
+    with pytest.raises(SourceError, match="detections per image must be >= 1"):
+        load_detector(checkpoints["one-stage"], "cpu", detections_per_image=0)
 
 
 # ---- the real entry points ---------------------------------------------------------------------

@@ -39,6 +39,14 @@ def scores(mota: float, idp: float) -> Scores:
         mostly_tracked=1,
         partially_tracked=1,
         mostly_lost=0,
+        hota=0.45,
+        deta=0.5,
+        assa=0.4,
+        loca=0.8,
+        det_re=0.6,
+        det_pr=0.7,
+        ass_re=0.5,
+        ass_pr=0.6,
     )
     timing = TimingSummary.of([FrameTiming(model_seconds=0.05, association_seconds=0.01)] * 3)
     return Scores(metrics, ap50=0.75, timing=timing, dropped_detections=0)
@@ -47,16 +55,19 @@ def scores(mota: float, idp: float) -> Scores:
 def test_table_and_csv_columns_come_from_one_definition(monkeypatch, tmp_path):
     rows = markdown_table([("a tracker", scores(0.5, 0.6))])
     assert rows[0] == (
-        "| Tracker | MOTA | IDF1 | IDs | FP | FN | AP@0.5 | FPS | model ms | teacher ms | assoc. ms | decode ms |"
+        "| Tracker | HOTA | MOTA | IDF1 | DetA | AssA | IDs | FP | FN | AP@0.5 | FPS | model ms | teacher ms "
+        "| assoc. ms | decode ms |"
     )
-    assert rows[2].startswith("| a tracker | 50.0 | 50.0 | 1 | 2 | 3 | 75.0 | 16.67 | 50.0 | 0.0 | 10.00 |")
+    assert rows[2].startswith(
+        "| a tracker | 45.0 | 50.0 | 50.0 | 50.0 | 40.0 | 1 | 2 | 3 | 75.0 | 16.67 | 50.0 | 0.0 | 10.00 |"
+    )
 
     # One new entry adds a metric to the table (after the existing ones) and to the CSV.
     extended = (*report.METRIC_COLUMNS, MetricColumn("idp", "IDP", format_percent))
     monkeypatch.setattr(report, "METRIC_COLUMNS", extended)
     rows = markdown_table([("a tracker", scores(math.nan, 0.25))])
-    assert rows[0].startswith("| Tracker | MOTA | IDF1 | IDs | FP | FN | AP@0.5 | IDP | FPS |")
-    assert rows[2].startswith("| a tracker | n/a | 50.0 | 1 | 2 | 3 | 75.0 | 25.0 | 16.67 |")
+    assert rows[0].startswith("| Tracker | HOTA | MOTA | IDF1 | DetA | AssA | IDs | FP | FN | AP@0.5 | IDP | FPS |")
+    assert rows[2].startswith("| a tracker | 45.0 | n/a | 50.0 | 50.0 | 40.0 | 1 | 2 | 3 | 75.0 | 25.0 | 16.67 |")
     result = TrackerResult("key", "a tracker", "stub", {"SEQ": scores(0.5, 0.25), OVERALL: scores(0.5, 0.25)})
     write_csv(tmp_path / "results.csv", [result])
     with open(tmp_path / "results.csv") as stream:

@@ -137,7 +137,11 @@ def test_mot17_sequence_uses_frames_present_and_mot17_protocol(mot17_mini_dir):
     tlbr, _ = ground_truth.target_boxes(1)
     assert len(tlbr) == 42
     all_boxes, _, ignore = ground_truth.frame_boxes(1)
-    assert len(all_boxes) - ignore.sum() == 42  # targets, plus distractors and mark-0 rows as ignore
+    assert len(all_boxes) - ignore.sum() == 42  # targets, plus distractors and mark-0 pedestrians as ignore
+    rows = ground_truth.rows[ground_truth.rows[:, 0] == 1]
+    ignorable = np.isin(rows[:, 7], [2, 7, 8, 12]) | ((rows[:, 6] == 0) & (rows[:, 7] == 1))
+    assert ignore.sum() == ignorable.sum() > 0
+    assert len(all_boxes) < len(rows), "cars and occluders are neither targets nor ignored"
 
 
 def test_image_folder_numbering(tmp_path, pets_dir):

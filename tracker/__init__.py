@@ -2,8 +2,8 @@
 
 Never imports torch, ``student`` or ``teacher`` (only the frame-source adapters
 in :mod:`tracker.sources` and the CLI helpers in :mod:`tracker.cli` may, inside
-functions). ``tracker.evaluation`` (motmetrics, pandas) is imported on its own so
-that importing the tracker stays light. :func:`average_precision` lives in
+functions). ``tracker.evaluation`` (TrackEval's metric classes, scipy) is imported on
+its own so that importing the tracker stays light. :func:`average_precision` lives in
 :mod:`tdt.detection_ap` (the student's evaluation uses it too) and is exported
 here as part of the tracker's API.
 """

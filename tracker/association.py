@@ -7,13 +7,20 @@ Per frame (``Tracker.update``):
    distance (λ = 0.98), pairs outside the χ² gate are forbidden, Hungarian with
    cost ≤ 0.4. Without embeddings this step uses the gated IoU distance instead.
 2. still-unmatched *tracked* (not lost) tracks vs remaining detections on IoU
-   distance ≤ 0.5; tracked tracks left over become lost.
+   distance ≤ 0.5. With ``association: byte`` (ByteTrack), the tracked tracks
+   still unmatched then meet the low-score detections (``low_score_threshold``
+   ≤ score < ``min_score``) on IoU distance ≤ 0.5: an occluded person's weak
+   detection keeps the track alive. Tracked tracks left over become lost.
 3. unconfirmed tracks (one detection so far) vs remaining detections on IoU
    distance ≤ 0.7; unconfirmed tracks left over are removed.
 4. remaining detections scoring ≥ ``det_thresh`` start tracks, confirmed at
    once only on the tracker's first frame.
 5. lost tracks older than the buffer are removed, then duplicates between
    tracked and lost tracks (IoU distance < 0.15) lose their younger member.
+
+Steps 1–4 see only detections scoring ≥ ``min_score``. The confirmed tracked
+tracks are output, by default only those FairMOT would write (area > 100,
+width / height ≤ 1.6).
 
 Track state lives in arrays (one row per track, rows in creation order), so the
 Kalman prediction, gating and correction run once per frame for all tracks.
@@ -33,7 +40,14 @@ import numpy.typing as npt
 from tdt.boxes import tlbr_to_xyah, xyah_to_tlbr
 from tracker.config import TrackerConfig
 from tracker.kalman import KalmanFilterXYAH
-from tracker.matching import embedding_distance, fuse_motion, iou_distance, linear_assignment
+from tracker.matching import (
+    embedding_distance,
+    fuse_motion,
+    iou_distance,
+    linear_assignment,
+    plausible_person_boxes,
+    split_by_score,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
@@ -114,6 +128,14 @@ class _Detections:
     score: FloatArray
     feature: npt.NDArray[np.float32]  # unit-norm copies, (N, D); D = 0 without embeddings
 
+    def take(self, rows: IndexArray | slice) -> _Detections:
+        return _Detections(
+            tlbr=self.tlbr[rows],
+            xyah=self.xyah[rows],
+            score=self.score[rows],
+            feature=self.feature[rows],
+        )
+
 
 @dataclass(frozen=True)
 class _FrameMatches:
@@ -172,14 +194,13 @@ class Tracker:
         detections = self._validated_detections(tlbr, score, embedding)
         self.frame_index += 1
         config = self.config
-        keep = detections.score >= config.min_score
-        if not keep.all():
-            detections = _Detections(
-                tlbr=detections.tlbr[keep],
-                xyah=detections.xyah[keep],
-                score=detections.score[keep],
-                feature=detections.feature[keep],
-            )
+        high, low = split_by_score(
+            detections.score,
+            config.min_score,
+            config.low_score_threshold if config.association == "byte" else None,
+        )
+        # From here on the high-score detections are rows 0..len(high) - 1, the low-score ones follow.
+        detections = detections.take(np.concatenate([high, low]))
         tracks = self._tracks
         was_lost = tracks.state == TrackState.LOST
         confirmed_tracked = (tracks.state == TrackState.TRACKED) & tracks.is_activated
@@ -193,7 +214,7 @@ class Tracker:
             pool_mean, tracks.covariance[pool]
         )
 
-        matches = self._match(pool, unconfirmed, detections)
+        matches = self._match(pool, unconfirmed, detections, num_high=len(high))
         self._apply_matches(matches.track_rows, matches.detections, detections, was_lost)
         tracks.state[matches.newly_lost] = TrackState.LOST
 
@@ -211,29 +232,44 @@ class Tracker:
         self._tracks = self._without_duplicates(tracks)
         return self._output()
 
-    def _match(self, pool: IndexArray, unconfirmed: IndexArray, detections: _Detections) -> _FrameMatches:
-        """FairMOT's three matching steps, each on what the previous one left unmatched.
+    def _match(
+        self, pool: IndexArray, unconfirmed: IndexArray, detections: _Detections, *, num_high: int
+    ) -> _FrameMatches:
+        """FairMOT's three matching steps (plus BYTE's), each on what the previous one left unmatched.
 
+        Detection rows ``0..num_high - 1`` score at least ``min_score``; the rows after
+        them are BYTE's low-score detections (none in fairmot mode).
         1. tracked + lost tracks (``pool``) by embedding + motion cost (IoU + motion without
-           embeddings); 2. still-unmatched *tracked* tracks by IoU; 3. unconfirmed tracks by IoU.
+           embeddings); 2. still-unmatched *tracked* tracks by IoU; BYTE: the tracked tracks
+           still unmatched by IoU to the low-score detections; 3. unconfirmed tracks by IoU.
+        Low-score detections never reach step 3, so they never start a track.
         """
         tracks, config = self._tracks, self.config
-        all_detections = np.arange(len(detections.score))
+        high_detections = np.arange(num_high)
+        low_detections = np.arange(num_high, len(detections.score))
         first_matches, unmatched_pool, unmatched_detections = linear_assignment(
-            self._first_step_cost(pool, detections), self._first_step_threshold()
+            self._first_step_cost(pool, detections.take(slice(0, num_high))), self._first_step_threshold()
         )
         matched_rows = [pool[first_matches[:, 0]]]
-        matched_detections = [all_detections[first_matches[:, 1]]]
+        matched_detections = [high_detections[first_matches[:, 1]]]
 
         remaining_pool = pool[unmatched_pool]
         remaining_tracked = remaining_pool[tracks.state[remaining_pool] == TrackState.TRACKED]
-        second_detections = all_detections[unmatched_detections]
+        second_detections = high_detections[unmatched_detections]
         second_matches, unmatched_tracked, unmatched_detections = linear_assignment(
             iou_distance(tracks.tlbr(remaining_tracked), detections.tlbr[second_detections]),
             config.iou_match_threshold,
         )
         matched_rows.append(remaining_tracked[second_matches[:, 0]])
         matched_detections.append(second_detections[second_matches[:, 1]])
+
+        still_tracked = remaining_tracked[unmatched_tracked]
+        low_matches, still_unmatched, _ = linear_assignment(
+            iou_distance(tracks.tlbr(still_tracked), detections.tlbr[low_detections]),
+            config.low_score_match_threshold,
+        )
+        matched_rows.append(still_tracked[low_matches[:, 0]])
+        matched_detections.append(low_detections[low_matches[:, 1]])
 
         third_detections = second_detections[unmatched_detections]
         third_matches, unmatched_unconfirmed, unmatched_detections = linear_assignment(
@@ -245,7 +281,7 @@ class Tracker:
         return _FrameMatches(
             track_rows=np.concatenate(matched_rows),
             detections=np.concatenate(matched_detections),
-            newly_lost=remaining_tracked[unmatched_tracked],
+            newly_lost=still_tracked[still_unmatched],
             failed_unconfirmed=unconfirmed[unmatched_unconfirmed],
             leftover_detections=third_detections[unmatched_detections],
         )
@@ -338,9 +374,15 @@ class Tracker:
     def _output(self) -> FrameTracks:
         tracks = self._tracks
         shown = np.flatnonzero((tracks.state == TrackState.TRACKED) & tracks.is_activated)
+        tlbr = tracks.tlbr(shown)
+        if self.config.filter_output:
+            plausible = plausible_person_boxes(
+                tlbr, self.config.min_output_area, self.config.max_output_aspect_ratio
+            )
+            shown, tlbr = shown[plausible], tlbr[plausible]
         result = FrameTracks(
             track_ids=tracks.track_id[shown].copy(),
-            tlbr=tracks.tlbr(shown).astype(np.float32),
+            tlbr=tlbr.astype(np.float32),
             scores=tracks.score[shown].astype(np.float32),
         )
         for array in (result.track_ids, result.tlbr, result.scores):

@@ -20,6 +20,7 @@ from tracker.sources import SourceError
 CHART_SIZE = (1200, 560)  # width, height
 # Bars of the accuracy panel: legend name, Scores.to_dict key, BGR colour.
 ACCURACY_BARS = (
+    ("HOTA", "hota", (189, 103, 148)),
     ("MOTA", "mota", (180, 119, 31)),
     ("IDF1", "idf1", (14, 127, 255)),
     ("AP@0.5", "ap50", (44, 160, 44)),

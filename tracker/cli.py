@@ -85,6 +85,16 @@ def add_frame_range_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_detections_per_image_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detections-per-image",
+        type=int,
+        default=None,
+        help="keep at most this many detections per image after NMS (default: the checkpoint's "
+        "detections_per_image; students trained since the default was raised keep 500)",
+    )
+
+
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",

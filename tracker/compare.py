@@ -15,16 +15,17 @@ detections and embeddings differs (:mod:`tracker.comparison` does the work):
   thinned) with teacher embeddings / with none: the association alone;
 - ``public`` (``--public``): the sequences' ``det/det.txt`` + the teacher.
 
-Outputs in ``--out``: ``results.md`` (the table: MOTA, IDF1, IDs, FP, FN, AP@0.5,
-FPS and ms per stage; per-sequence tables), ``results.csv`` (one row per tracker
+Outputs in ``--out``: ``results.md`` (the table: HOTA, MOTA, IDF1, DetA, AssA, IDs,
+FP, FN, AP@0.5, FPS and ms per stage; per-sequence tables), ``results.csv`` (one row per tracker
 and sequence, plus OVERALL), ``results.json`` (everything, with the settings),
 ``results.png`` (chart, drawn with cv2) and ``<tracker>/<sequence>.txt`` (MOT results).
 
-Evaluation: MOT15 protocol for 10-column ground truth (e.g. PETS09), MOT17 for
-9-column (MOT20 by name); OVERALL pools all sequences' events (motmetrics).
+Evaluation (:mod:`tracker.evaluation`): MOT15 protocol for 10-column ground truth
+(e.g. PETS09), MOT17 for 9-column (MOT20 by name); every metric by TrackEval's
+HOTA / CLEAR / Identity classes; OVERALL pools all sequences.
 AP@0.5 is computed on each frame's detections before association (every
 detection the source scored) against the ground-truth targets, non-target
-people (MOT15 flag 0; MOT17 mark 0 or distractor class) ignored. FPS counts the
+people (MOT15 flag 0; MOT17 distractor classes and mark-0 pedestrians) ignored. FPS counts the
 model, teacher and association stages, not image decoding; each run's first
 frame is not timed (warm-up).
 """
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from tracker.cli import (
     HelpFormatter,
+    add_detections_per_image_option,
     add_frame_range_option,
     add_teacher_options,
     add_threads_option,
@@ -61,10 +63,12 @@ detector + re-ID teacher on each crop (--two-stage), ground-truth oracle with
 and without teacher embeddings (--oracle), public detections + teacher
 (--public). All run the same association with the same TrackerConfig on the
 same frames. Evaluation: MOT15 protocol for 10-column gt (PETS09), MOT17 for
-9-column gt; AP@0.5 on the detections before association. FPS counts model +
-teacher + association, not image decoding.
+9-column gt (every metric by TrackEval's metric classes); AP@0.5 on the
+detections before association. FPS counts model + teacher + association, not
+image decoding.
 
-Writes results.md (table: MOTA, IDF1, IDs, FP, FN, AP@0.5, FPS, ms per stage),
+Writes results.md (table: HOTA, MOTA, IDF1, DetA, AssA, IDs, FP, FN, AP@0.5,
+FPS, ms per stage),
 results.csv, results.json, results.png and <tracker>/<sequence>.txt to --out.
 Bad input (missing checkpoint or teacher weights, a sequence without
 gt/gt.txt): a one-line error and exit status 2.
@@ -107,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--oracle-drop", type=float, default=0.0, help="probability an oracle box is left out"
     )
     parser.add_argument("--oracle-seed", type=int, default=0, help="seed of the oracle's jitter and drops")
+    parser.add_argument(
+        "--oracle-visibility-scores",
+        action="store_true",
+        help="score each oracle box by its share not hidden by people nearer the camera (default: 1), "
+        "so that occluded people get the low scores BYTE association is made for",
+    )
     parser.add_argument("--public", action="store_true", help="add det/det.txt public detections + teacher")
     parser.add_argument(
         "--public-min-score",
@@ -117,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_frame_range_option(parser)
     add_tracker_config_option(parser)
     parser.add_argument("--device", default="cpu", help="torch device of the students")
+    add_detections_per_image_option(parser)
     add_threads_option(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -133,13 +144,16 @@ def config_from_args(args: argparse.Namespace) -> ComparisonConfig:
         ce=args.ce,
         two_stage=args.two_stage,
         oracle=args.oracle,
-        oracle_perturbation=OraclePerturbation(args.oracle_jitter, args.oracle_drop, args.oracle_seed),
+        oracle_perturbation=OraclePerturbation(
+            args.oracle_jitter, args.oracle_drop, args.oracle_seed, args.oracle_visibility_scores
+        ),
         public=args.public,
         public_min_score=args.public_min_score,
         frame_range=frame_range_from_args(args),
         tracker_config=tracker_config_from_args(args),
         teacher=teacher_config_from_args(args),
         device=args.device,
+        detections_per_image=args.detections_per_image,
         threads=threads_from_args(args),
         show_progress=not args.no_progress,
     )

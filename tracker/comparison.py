@@ -67,6 +67,7 @@ class ComparisonConfig:
     tracker_config: TrackerConfig = field(default_factory=TrackerConfig)
     teacher: TeacherConfig | None = None
     device: str = "cpu"  # torch device of the students
+    detections_per_image: int | None = None  # overrides the checkpoints' cap (None: their own)
     threads: int | None = None  # torch threads the caller set up; recorded in the report
     show_progress: bool = True
 
@@ -191,10 +192,12 @@ def build_entries(
     entries: list[TrackerEntry] = []
     notes: list[str] = []
     if config.one_stage is not None:
-        one_stage = OneStageDetection(_student(config.one_stage, config.device, "--one-stage"))
+        one_stage = OneStageDetection(
+            _student(config.one_stage, config.device, "--one-stage", config.detections_per_image)
+        )
         entries.append(TrackerEntry("one-stage", "one-stage (L2)", lambda sequence, truth: one_stage))
     if config.ce is not None:
-        ce = OneStageDetection(_student(config.ce, config.device, "--ce"))
+        ce = OneStageDetection(_student(config.ce, config.device, "--ce", config.detections_per_image))
         entries.append(TrackerEntry("ce", "one-stage (CE)", lambda sequence, truth: ce))
     if teacher is not None:
         entries += _teacher_entries(config, teacher, notes)
@@ -207,8 +210,8 @@ def _teacher(config: ComparisonConfig) -> TeacherLike:
     return load_teacher(config.teacher)
 
 
-def _student(path: Path, device: str, option: str) -> DetectorLike:
-    detector = load_detector(path, device)
+def _student(path: Path, device: str, option: str, detections_per_image: int | None) -> DetectorLike:
+    detector = load_detector(path, device, detections_per_image)
     if not detector.embedding_dim:
         raise SourceError(
             f"{option} {path}: detection-only checkpoint (no embedding head); pass it as --two-stage"
@@ -219,13 +222,13 @@ def _student(path: Path, device: str, option: str) -> DetectorLike:
 def _teacher_entries(config: ComparisonConfig, teacher: TeacherLike, notes: list[str]) -> list[TrackerEntry]:
     entries = []
     if config.two_stage is not None:
-        detector = load_detector(config.two_stage, config.device)
+        detector = load_detector(config.two_stage, config.device, config.detections_per_image)
         if detector.embedding_dim:
             notes.append(
                 f"--two-stage {config.two_stage} has an embedding head: its embeddings are ignored, "
                 "but its time counts in the two-stage model ms"
             )
-        two_stage = TwoStageDetection(detector, teacher, config.tracker_config.min_score)
+        two_stage = TwoStageDetection(detector, teacher, config.tracker_config.lowest_used_score)
         entries.append(
             TrackerEntry("two-stage", f"two-stage (+{teacher.name})", lambda sequence, truth: two_stage)
         )

@@ -1,17 +1,21 @@
-"""CLEAR-MOT / ID metrics of tracker output against MOTChallenge ground truth.
+"""CLEAR-MOT, Identity and HOTA metrics of tracker output against MOTChallenge ground truth.
 
-motmetrics 1.4.0 does the event bookkeeping and the metrics; the IoU distances,
-the ground-truth filtering and the MOTChallenge preprocessing are ours, because
-its ``iou_matrix`` (and so ``compare_to_groundtruth``, ``CLEAR_MOT_M`` and
-``preprocessResult``) calls ``np.asfarray``, which numpy 2 removed.
+The MOTChallenge preprocessing below is ours (TrackEval's dataset classes only
+read files in its folder layout) and yields, per frame, the target ids, the kept
+prediction ids and their IoU (:class:`ScoredFrame`). TrackEval's ``HOTA``,
+``CLEAR`` and ``Identity`` classes compute every metric from those frames
+(:mod:`tracker.trackeval_metrics`); a test checks the whole chain against
+TrackEval's own file-based pipeline.
 
-Protocol (MOTChallenge / TrackEval):
+Protocol (MOTChallenge, as TrackEval's ``MotChallenge2DBox`` applies it):
 
 - MOT16/17/20: ground-truth rows of class 1 (pedestrian) with mark 1 are the
   targets. Per frame, predictions are matched (Hungarian on IoU ≥ 0.5) against
-  *all* ground-truth boxes of the frame; a prediction matched to a distractor
-  (class 2 person on vehicle, 7 static person, 8 distractor, 12 reflection; for
-  MOT20 also 6 non-mot vehicle) or to a mark-0 box is removed before scoring.
+  *all* ground-truth boxes of the frame; only a prediction matched to a
+  distractor (class 2 person on vehicle, 7 static person, 8 distractor, 12
+  reflection; for MOT20 also 6 non-mot vehicle) is removed before scoring.
+  A prediction on any other non-target box (a car, an occluder, a mark-0
+  pedestrian) stays and is a false positive.
 - MOT15: no class column; rows whose flag (column 7) is 0 are dropped from the
   ground truth, everything else is a target, no prediction is removed.
 - Every frame that has ground-truth rows, predictions, or is listed in
@@ -22,25 +26,27 @@ Protocol (MOTChallenge / TrackEval):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
-import motmetrics
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from tdt.boxes import box_iou, tlwh_to_tlbr
+from tracker.trackeval_metrics import TrackEvalScores, combine_sequences, score_sequence
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 PEDESTRIAN_CLASS = 1
 DISTRACTOR_CLASSES = frozenset({2, 7, 8, 12})
 NON_MOT_VEHICLE_CLASS = 6
 OVERALL = "OVERALL"
 
-# The distances fed to motmetrics are 1 − IoU; pairs below this IoU cannot match.
+# CLEAR and Identity match a target and a prediction only at IoU >= this (and the
+# protocol's distractor matching always uses 0.5).
 DEFAULT_IOU_THRESHOLD = 0.5
 
 
@@ -64,13 +70,39 @@ class MotBenchmark(StrEnum):
     def min_gt_columns(self) -> int:
         return 8 if self.has_classes else 7
 
+    @classmethod
+    def from_protocol(cls, name: str) -> MotBenchmark:
+        """``mot15``, ``MOT17``, ... (any case) as a benchmark; a clear error otherwise."""
+        try:
+            return cls(name.upper())
+        except ValueError:
+            known = ", ".join(member.value.lower() for member in cls)
+            raise ValueError(f"unknown MOT protocol {name!r}; known: {known}") from None
+
+
+@dataclass(frozen=True)
+class ScoredFrame:
+    """One frame after the protocol's preprocessing: what the metrics score.
+
+    ``gt_ids`` are the frame's targets, ``predicted_ids`` the predictions left
+    after distractor removal, ``iou`` their pairwise IoU ``(targets, predictions)``.
+    """
+
+    number: int
+    gt_ids: IntArray
+    predicted_ids: IntArray
+    iou: FloatArray
+
 
 @dataclass(frozen=True)
 class MotMetrics:
-    """One sequence's (or the overall) metrics, named as motmetrics computes them.
+    """One sequence's (or the overall) metrics, all computed by TrackEval's metric classes.
 
-    ``motp`` is motmetrics' mean distance (1 − IoU) over matches; MOTChallenge
-    prints ``motchallenge_motp`` = 1 − motp (as a percentage).
+    ``motp`` is the mean distance (1 − IoU) over matches, as motmetrics reports
+    it; MOTChallenge and TrackEval print ``motchallenge_motp`` = 1 − motp (as a
+    percentage). ``num_matches`` counts matches that are not ID switches (TP =
+    num_matches + id_switches). The HOTA fields are each the mean over TrackEval's
+    19 localisation thresholds α = 0.05, 0.10, ..., 0.95.
     """
 
     num_frames: int
@@ -90,52 +122,66 @@ class MotMetrics:
     mostly_tracked: int
     partially_tracked: int
     mostly_lost: int
+    hota: float
+    deta: float
+    assa: float
+    loca: float
+    det_re: float
+    det_pr: float
+    ass_re: float
+    ass_pr: float
 
     @property
     def motchallenge_motp(self) -> float:
         return 1.0 - self.motp
 
+    @classmethod
+    def from_trackeval(cls, scores: TrackEvalScores, num_frames: int) -> MotMetrics:
+        clear, identity = scores.clear, scores.identity
+        hota = {name: float(np.mean(scores.hota[key])) for name, key in _HOTA_FIELDS.items()}
+        return cls(
+            num_frames=num_frames,
+            num_objects=int(clear["MT"] + clear["PT"] + clear["ML"]),
+            num_matches=int(clear["CLR_TP"] - clear["IDSW"]),
+            mota=float(clear["MOTA"]),
+            motp=1.0 - float(clear["MOTP"]),
+            idf1=float(identity["IDF1"]),
+            idp=float(identity["IDP"]),
+            idr=float(identity["IDR"]),
+            precision=float(clear["CLR_Pr"]),
+            recall=float(clear["CLR_Re"]),
+            id_switches=int(clear["IDSW"]),
+            false_positives=int(clear["CLR_FP"]),
+            false_negatives=int(clear["CLR_FN"]),
+            fragmentations=int(clear["Frag"]),
+            mostly_tracked=int(clear["MT"]),
+            partially_tracked=int(clear["PT"]),
+            mostly_lost=int(clear["ML"]),
+            **hota,
+        )
 
-# motmetrics metric name for each MotMetrics field.
-_MOTMETRICS_NAMES = {
-    "num_frames": "num_frames",
-    "num_objects": "num_unique_objects",
-    "num_matches": "num_matches",
-    "mota": "mota",
-    "motp": "motp",
-    "idf1": "idf1",
-    "idp": "idp",
-    "idr": "idr",
-    "precision": "precision",
-    "recall": "recall",
-    "id_switches": "num_switches",
-    "false_positives": "num_false_positives",
-    "false_negatives": "num_misses",
-    "fragmentations": "num_fragmentations",
-    "mostly_tracked": "mostly_tracked",
-    "partially_tracked": "partially_tracked",
-    "mostly_lost": "mostly_lost",
+
+# TrackEval's HOTA field for each MotMetrics field.
+_HOTA_FIELDS = {
+    "hota": "HOTA",
+    "deta": "DetA",
+    "assa": "AssA",
+    "loca": "LocA",
+    "det_re": "DetRe",
+    "det_pr": "DetPr",
+    "ass_re": "AssRe",
+    "ass_pr": "AssPr",
 }
 
 
-def iou_distance_matrix(
-    gt_tlwh: npt.ArrayLike, predicted_tlwh: npt.ArrayLike, iou_threshold: float = DEFAULT_IOU_THRESHOLD
-) -> FloatArray:
-    """motmetrics' distance: 1 − IoU, NaN where the IoU is below ``iou_threshold``."""
-    distance = 1.0 - box_iou(tlwh_to_tlbr(gt_tlwh), tlwh_to_tlbr(predicted_tlwh))
-    distance[distance > 1.0 - iou_threshold] = np.nan
-    return distance
-
-
-def accumulate_sequence(
+def prepare_sequence(
     ground_truth: npt.ArrayLike,
     predictions: npt.ArrayLike,
     benchmark: MotBenchmark | str = MotBenchmark.MOT17,
     *,
     frames: Iterable[int] | None = None,
-    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-) -> motmetrics.MOTAccumulator:
-    """Feed one sequence to a ``motmetrics.MOTAccumulator``.
+) -> tuple[ScoredFrame, ...]:
+    """Apply the benchmark's protocol to one sequence: its scored frames, in frame order.
 
     ``ground_truth``: MOT gt rows (frame, id, x, y, w, h, mark/flag, class, ...);
     ``predictions``: MOT result rows (frame, id, x, y, w, h, ...). ``frames``
@@ -152,40 +198,44 @@ def accumulate_sequence(
     if frames is not None:
         all_frames |= {int(frame) for frame in frames}
 
-    target_mask = _target_mask(gt, benchmark)
-    _reject_duplicate_ids(gt[target_mask], "ground_truth targets")
-    empty = np.empty((0, gt.shape[1]))
-    accumulator = motmetrics.MOTAccumulator(auto_id=False)
+    _reject_duplicate_ids(gt[_target_mask(gt, benchmark)], "ground_truth targets")
+    empty_gt = np.empty((0, gt.shape[1]))
+    empty_predicted = np.empty((0, predicted.shape[1]))
+    scored = []
     for frame in sorted(all_frames):
-        frame_gt = gt_frames.get(frame, empty)
-        frame_predicted = predicted_frames.get(frame, np.empty((0, predicted.shape[1])))
-        frame_targets = frame_gt[_target_mask(frame_gt, benchmark)]
+        frame_gt = gt_frames.get(frame, empty_gt)
+        frame_predicted = predicted_frames.get(frame, empty_predicted)
         if benchmark.has_classes and len(frame_predicted) and len(frame_gt):
-            frame_predicted = frame_predicted[~_matched_to_ignored(frame_gt, frame_predicted, benchmark)]
-        accumulator.update(
-            frame_targets[:, 1].astype(np.int64),
-            frame_predicted[:, 1].astype(np.int64),
-            iou_distance_matrix(frame_targets[:, 2:6], frame_predicted[:, 2:6], iou_threshold),
-            frameid=frame,
+            frame_predicted = frame_predicted[~_matched_to_distractor(frame_gt, frame_predicted, benchmark)]
+        frame_targets = frame_gt[_target_mask(frame_gt, benchmark)]
+        scored.append(
+            ScoredFrame(
+                number=frame,
+                gt_ids=frame_targets[:, 1].astype(np.int64),
+                predicted_ids=frame_predicted[:, 1].astype(np.int64),
+                iou=box_iou(tlwh_to_tlbr(frame_targets[:, 2:6]), tlwh_to_tlbr(frame_predicted[:, 2:6])),
+            )
         )
-    return accumulator
+    return tuple(scored)
 
 
-def summarize(accumulators: Mapping[str, motmetrics.MOTAccumulator]) -> dict[str, MotMetrics]:
-    """Metrics per sequence plus ``OVERALL`` (all sequences' events pooled, as motmetrics does)."""
-    if not accumulators:
+def summarize(
+    sequences: Mapping[str, Sequence[ScoredFrame]], iou_threshold: float = DEFAULT_IOU_THRESHOLD
+) -> dict[str, MotMetrics]:
+    """Metrics per prepared sequence plus ``OVERALL`` (all sequences' counts pooled, as TrackEval does).
+
+    CLEAR and Identity match pairs with IoU ≥ ``iou_threshold``; HOTA sweeps its own thresholds.
+    """
+    if not sequences:
         raise ValueError("summarize needs at least one sequence")
-    if OVERALL in accumulators:
+    if OVERALL in sequences:
         raise ValueError(f"{OVERALL!r} is reserved for the combined row; rename that sequence")
-    names = list(accumulators)
-    host = motmetrics.metrics.create()
-    table = host.compute_many(
-        [accumulators[name] for name in names],
-        metrics=list(_MOTMETRICS_NAMES.values()),
-        names=names,
-        generate_overall=True,
-    )
-    return {str(name): _row_to_metrics(table.loc[name]) for name in table.index}
+    scores = {name: score_sequence(frames, iou_threshold) for name, frames in sequences.items()}
+    results = {name: MotMetrics.from_trackeval(scores[name], len(sequences[name])) for name in sequences}
+    total_frames = sum(len(frames) for frames in sequences.values())
+    combined = combine_sequences(scores.values(), iou_threshold)
+    results[OVERALL] = MotMetrics.from_trackeval(combined, total_frames)
+    return results
 
 
 def evaluate_sequences(
@@ -202,29 +252,24 @@ def evaluate_sequences(
     unknown = sorted(set(frames) - set(sequences))
     if unknown:
         raise ValueError(f"frames given for unknown sequence(s): {', '.join(unknown)}")
-    accumulators = {
-        name: accumulate_sequence(
-            ground_truth,
-            predictions,
-            benchmark,
-            frames=frames.get(name),
-            iou_threshold=iou_threshold,
-        )
+    prepared = {
+        name: prepare_sequence(ground_truth, predictions, benchmark, frames=frames.get(name))
         for name, (ground_truth, predictions) in sequences.items()
     }
-    return summarize(accumulators)
+    return summarize(prepared, iou_threshold)
 
 
 def format_summary(results: Mapping[str, MotMetrics]) -> str:
     """A MOTChallenge-style text table (percentages; MOTP as 1 − distance)."""
     header = (
-        f"{'':<16}{'MOTA':>7}{'IDF1':>7}{'MOTP':>7}{'IDs':>6}{'FP':>7}{'FN':>7}"
-        f"{'Rcll':>7}{'Prcn':>7}{'GT':>5}{'MT':>5}{'PT':>5}{'ML':>5}{'FM':>6}"
+        f"{'':<16}{'HOTA':>7}{'DetA':>7}{'AssA':>7}{'MOTA':>7}{'IDF1':>7}{'MOTP':>7}{'IDs':>6}{'FP':>7}"
+        f"{'FN':>7}{'Rcll':>7}{'Prcn':>7}{'GT':>5}{'MT':>5}{'PT':>5}{'ML':>5}{'FM':>6}"
     )
     lines = [header]
     for name, metrics in results.items():
         lines.append(
-            f"{name[:15]:<16}{_percent(metrics.mota):>7}{_percent(metrics.idf1):>7}"
+            f"{name[:15]:<16}{_percent(metrics.hota):>7}{_percent(metrics.deta):>7}"
+            f"{_percent(metrics.assa):>7}{_percent(metrics.mota):>7}{_percent(metrics.idf1):>7}"
             f"{_percent(metrics.motchallenge_motp):>7}{metrics.id_switches:>6}"
             f"{metrics.false_positives:>7}{metrics.false_negatives:>7}"
             f"{_percent(metrics.recall):>7}{_percent(metrics.precision):>7}"
@@ -238,14 +283,6 @@ def _percent(value: float) -> str:
     return "nan" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def _row_to_metrics(row: object) -> MotMetrics:
-    values = {}
-    for field in fields(MotMetrics):
-        value = row[_MOTMETRICS_NAMES[field.name]]  # type: ignore[index]
-        values[field.name] = int(value) if field.type in (int, "int") else float(value)
-    return MotMetrics(**values)
-
-
 def _target_mask(gt: FloatArray, benchmark: MotBenchmark) -> npt.NDArray[np.bool_]:
     considered = gt[:, 6] != 0
     if benchmark.has_classes:
@@ -253,10 +290,10 @@ def _target_mask(gt: FloatArray, benchmark: MotBenchmark) -> npt.NDArray[np.bool
     return considered
 
 
-def _matched_to_ignored(
+def _matched_to_distractor(
     frame_gt: FloatArray, frame_predicted: FloatArray, benchmark: MotBenchmark
 ) -> npt.NDArray[np.bool_]:
-    """Predictions whose Hungarian IoU match among all gt boxes is a distractor or mark-0 box."""
+    """Predictions whose Hungarian IoU match among all gt boxes is of a distractor class."""
     iou = box_iou(tlwh_to_tlbr(frame_gt[:, 2:6]), tlwh_to_tlbr(frame_predicted[:, 2:6]))
     # TrackEval's matching: scores below 0.5 (less a float epsilon) cannot be matched.
     eps = np.finfo(np.float64).eps
@@ -264,9 +301,9 @@ def _matched_to_ignored(
     gt_rows, predicted_cols = linear_sum_assignment(-iou)
     matched = iou[gt_rows, predicted_cols] > eps
     gt_rows, predicted_cols = gt_rows[matched], predicted_cols[matched]
-    ignored_gt = np.isin(frame_gt[:, 7], list(benchmark.distractor_classes)) | (frame_gt[:, 6] == 0)
+    distractor = np.isin(frame_gt[gt_rows, 7], list(benchmark.distractor_classes))
     removed = np.zeros(len(frame_predicted), dtype=bool)
-    removed[predicted_cols[ignored_gt[gt_rows]]] = True
+    removed[predicted_cols[distractor]] = True
     return removed
 
 

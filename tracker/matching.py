@@ -61,3 +61,26 @@ def linear_assignment(cost: FloatArray, threshold: float) -> tuple[IndexArray, I
     matched_rows = np.flatnonzero(row_to_column >= 0)
     matches = np.stack([matched_rows, row_to_column[matched_rows]], axis=1)
     return matches, np.flatnonzero(row_to_column < 0), np.flatnonzero(column_to_row < 0)
+
+
+def split_by_score(
+    scores: npt.NDArray[np.floating], high_threshold: float, low_threshold: float | None = None
+) -> tuple[IndexArray, IndexArray]:
+    """Indices of detections scoring ≥ ``high_threshold``, and of those in ``[low_threshold, high_threshold)``.
+
+    Without ``low_threshold`` the second set is empty (FairMOT drops weak detections).
+    """
+    high = scores >= high_threshold
+    if low_threshold is None:
+        return np.flatnonzero(high), np.empty(0, dtype=np.int64)
+    return np.flatnonzero(high), np.flatnonzero(~high & (scores >= low_threshold))
+
+
+def plausible_person_boxes(
+    tlbr: npt.ArrayLike, min_area: float, max_aspect_ratio: float
+) -> npt.NDArray[np.bool_]:
+    """FairMOT's output rule: area > ``min_area`` and width / height ≤ ``max_aspect_ratio``."""
+    boxes = np.asarray(tlbr, dtype=np.float64).reshape(-1, 4)
+    width = boxes[:, 2] - boxes[:, 0]
+    height = boxes[:, 3] - boxes[:, 1]
+    return (width * height > min_area) & (width <= max_aspect_ratio * height)

@@ -42,8 +42,16 @@ class MetricColumn:
 
 # Accuracy metrics, in CSV order; those with a heading are also table columns, in this order.
 METRIC_COLUMNS: tuple[MetricColumn, ...] = (
+    MetricColumn("hota", "HOTA", format_percent),
     MetricColumn("mota", "MOTA", format_percent),
     MetricColumn("idf1", "IDF1", format_percent),
+    MetricColumn("deta", "DetA", format_percent),
+    MetricColumn("assa", "AssA", format_percent),
+    MetricColumn("loca"),
+    MetricColumn("det_re"),
+    MetricColumn("det_pr"),
+    MetricColumn("ass_re"),
+    MetricColumn("ass_pr"),
     MetricColumn("id_switches", "IDs"),
     MetricColumn("false_positives", "FP"),
     MetricColumn("false_negatives", "FN"),

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from tdt.detection_ap import ImageDetections, ImageGroundTruth, average_precision
-from tracker.evaluation import OVERALL, MotMetrics, accumulate_sequence, summarize
+from tracker.evaluation import OVERALL, MotMetrics, prepare_sequence, summarize
 from tracker.run import TrackingRun
 from tracker.sequence import GroundTruth
 from tracker.timing import TimingSummary
@@ -69,16 +69,16 @@ def score_runs(
     missing = sorted(set(runs) - set(ground_truths))
     if missing:
         raise ValueError(f"no ground truth for run(s) of {', '.join(missing)}")
-    accumulators = {}
+    prepared = {}
     ap_inputs: dict[str, _DetectionsAndTruth] = {}
     for name, run in runs.items():
         truth = ground_truths[name]
         evaluated_rows = truth.rows[np.isin(truth.rows[:, 0], run.frame_numbers)]
-        accumulators[name] = accumulate_sequence(
+        prepared[name] = prepare_sequence(
             evaluated_rows, run.mot_rows, truth.benchmark, frames=run.frame_numbers
         )
         ap_inputs[name] = _ap_inputs(run, truth)
-    metrics = summarize(accumulators)
+    metrics = summarize(prepared)
     scores = {
         name: Scores(
             metrics[name],

@@ -85,8 +85,10 @@ class GroundTruth:
 
     ``is_target``: rows scored as targets (the rule of :mod:`tracker.evaluation`).
     ``is_ignored``: non-target rows a detection may hit without being a false
-    positive for AP: MOT15 rows with flag 0; MOT16/17/20 rows with mark 0 or a
-    distractor class (the rows whose matched predictions the evaluation removes).
+    positive for AP: MOT15 rows with flag 0; MOT16/17/20 rows of a distractor
+    class (whose matched predictions the evaluation removes) and mark-0
+    pedestrians. A detection on a car or an occluder is a false positive, as
+    in the tracking metrics.
     """
 
     rows: FloatArray  # (R, 9 or 10) as written in gt.txt
@@ -100,7 +102,7 @@ class GroundTruth:
         if self.benchmark.has_classes:
             is_target = considered & (self.rows[:, 7] == PEDESTRIAN_CLASS)
             distractor = np.isin(self.rows[:, 7], list(self.benchmark.distractor_classes))
-            is_ignored = ~is_target & (~considered | distractor)
+            is_ignored = distractor | (~considered & (self.rows[:, 7] == PEDESTRIAN_CLASS))
         else:
             is_target, is_ignored = considered, ~considered
         frames = self.rows[:, 0].astype(np.int64)

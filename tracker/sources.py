@@ -9,11 +9,12 @@ Stages:
 
 - :class:`OneStageDetection`: a student whose detector emits embeddings.
 - :class:`TwoStageDetection`: a detector (detection-only checkpoint) plus the
-  re-ID teacher on each detected crop. Only detections the tracker would keep
-  (score >= ``min_score``, the TrackerConfig's) are embedded: the tracker drops
-  the others before matching, so the tracks are the same and the teacher is
+  re-ID teacher on each detected crop. Only detections the tracker would use
+  (score >= ``min_score``: the TrackerConfig's ``lowest_used_score``) are
+  embedded: the tracker drops the others before matching, so the tracks are the same and the teacher is
   not charged for crops nobody uses. AP still sees every detection.
-- :class:`OracleDetection`: the sequence's ground-truth targets (score 1),
+- :class:`OracleDetection`: the sequence's ground-truth targets (score 1, or
+  optionally the share of each box not hidden by people nearer the camera),
   optionally jittered and thinned with a seed, with teacher embeddings or
   without any (IoU-only association): isolates the association.
 - :class:`PublicDetection`: MOTChallenge ``det/det.txt`` rows plus the teacher
@@ -38,6 +39,7 @@ Stages take typed inputs (a loaded detector, a built teacher, a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -255,12 +257,15 @@ class OraclePerturbation:
 
     ``jitter``: each coordinate moves by Gaussian noise with standard deviation
     ``jitter`` times the box width (x) or height (y). ``drop_rate``: each box is
-    left out with this probability (a missed detection).
+    left out with this probability (a missed detection). ``visibility_scores``:
+    each box scores its visible share (:func:`visible_share`) instead of 1, as a
+    detector's confidence drops for occluded people.
     """
 
     jitter: float = 0.0
     drop_rate: float = 0.0
     seed: int = 0
+    visibility_scores: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.jitter < 1.0:
@@ -269,20 +274,51 @@ class OraclePerturbation:
             raise SourceError(f"oracle drop rate must be in [0, 1), got {self.drop_rate}")
 
     def apply(self, frame: int, tlbr: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return self.detections(frame, tlbr)[0]
+
+    def detections(
+        self, frame: int, tlbr: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], Float32Array]:
+        """The degraded boxes of one frame's ground truth and their scores."""
+        scores = visible_share(tlbr) if self.visibility_scores else np.ones(len(tlbr))
         if self.jitter == 0.0 and self.drop_rate == 0.0:
-            return tlbr
+            return tlbr, scores.astype(np.float32)
         rng = np.random.default_rng([self.seed, frame])
-        kept = tlbr[rng.random(len(tlbr)) >= self.drop_rate]
+        keep = rng.random(len(tlbr)) >= self.drop_rate
+        kept = tlbr[keep]
         size = np.concatenate([kept[:, 2:] - kept[:, :2]] * 2, axis=1)
         moved = kept + rng.normal(0.0, self.jitter, kept.shape) * size
         # Opposite edges may cross under strong jitter: keep at least one pixel of width and height.
         moved[:, 2:] = np.maximum(moved[:, 2:], moved[:, :2] + 1.0)
-        return moved
+        return moved, scores[keep].astype(np.float32)
+
+
+def visible_share(tlbr: npt.ArrayLike, samples: int = 16) -> npt.NDArray[np.float64]:
+    """Share of each box not covered by boxes whose bottom edge is lower in the image.
+
+    In a view from above head height, the person standing nearer the camera has
+    the lower bottom edge and hides the other. Estimated on a ``samples`` x
+    ``samples`` grid of points per box.
+    """
+    boxes = np.asarray(tlbr, dtype=np.float64).reshape(-1, 4)
+    steps = (np.arange(samples) + 0.5) / samples
+    grid_x = boxes[:, None, 0] + steps[None, :] * (boxes[:, None, 2] - boxes[:, None, 0])  # (N, S)
+    grid_y = boxes[:, None, 1] + steps[None, :] * (boxes[:, None, 3] - boxes[:, None, 1])
+    inside_x = (grid_x[:, :, None] >= boxes[None, None, :, 0]) & (
+        grid_x[:, :, None] <= boxes[None, None, :, 2]
+    )
+    inside_y = (grid_y[:, :, None] >= boxes[None, None, :, 1]) & (
+        grid_y[:, :, None] <= boxes[None, None, :, 3]
+    )
+    in_front = boxes[None, :, 3] > boxes[:, None, 3]  # (N, M): box m is nearer than box n
+    # (N, Sy, Sx, M): grid point (y, x) of box n lies in box m, and m is in front of n
+    hidden = inside_y[:, :, None, :] & inside_x[:, None, :, :] & in_front[:, None, None, :]
+    return 1.0 - hidden.any(axis=3).mean(axis=(1, 2))
 
 
 @dataclass(frozen=True)
 class OracleDetection:
-    """Ground-truth targets as detections (score 1), with teacher embeddings or none."""
+    """Ground-truth targets as detections, with teacher embeddings or none."""
 
     ground_truth: GroundTruth
     teacher: TeacherLike | None = None
@@ -292,9 +328,10 @@ class OracleDetection:
     def description(self) -> str:
         with_what = f"{self.teacher.name} embeddings" if self.teacher is not None else "no embeddings"
         perturbation = self.perturbation
+        scores = "visible share" if perturbation.visibility_scores else "1"
         return (
             f"oracle: ground-truth boxes (jitter {perturbation.jitter:g}, drop {perturbation.drop_rate:g}, "
-            f"seed {perturbation.seed}) with {with_what}"
+            f"seed {perturbation.seed}, score {scores}) with {with_what}"
         )
 
     @property
@@ -303,8 +340,8 @@ class OracleDetection:
 
     def process(self, frame: int, image_bgr: np.ndarray) -> StageOutput:
         tlbr, _ = self.ground_truth.target_boxes(frame)
-        boxes = self.perturbation.apply(frame, tlbr)
-        detections = FrameDetections(boxes, np.ones(len(boxes), np.float32))
+        boxes, scores = self.perturbation.detections(frame, tlbr)
+        detections = FrameDetections(boxes, scores)
         return _with_optional_teacher(self.teacher, image_bgr, detections, detections)
 
 
@@ -411,17 +448,30 @@ def _nonzero_rows(embedding: np.ndarray | None) -> npt.NDArray[np.bool_]:
 # ---- adapters: the only places that import student / teacher -----------------------------------
 
 
-def load_detector(checkpoint: Path, device: str = "cpu") -> DetectorLike:
-    """``student.load`` with its checkpoint errors turned into one-line :class:`SourceError`."""
+def load_detector(
+    checkpoint: Path, device: str = "cpu", detections_per_image: int | None = None
+) -> DetectorLike:
+    """``student.load`` with its checkpoint errors turned into one-line :class:`SourceError`.
+
+    ``detections_per_image`` overrides the checkpoint's cap on detections kept per
+    image after NMS (None: the checkpoint's own).
+    """
+    if detections_per_image is not None and detections_per_image < 1:
+        raise SourceError(f"detections per image must be >= 1, got {detections_per_image}")
     if not Path(checkpoint).is_file():
         raise SourceError(f"{checkpoint}: no such checkpoint file")
     import student
     from student.checkpoint import CheckpointError
+    from student.inference import Detector
 
     try:
-        return student.load(checkpoint, device)
+        detector = student.load(checkpoint, device)
     except (CheckpointError, ConfigError) as error:
         raise SourceError(one_line(str(error))) from error
+    if detections_per_image is None:
+        return detector
+    config = dataclasses.replace(detector.config, detections_per_image=detections_per_image)
+    return Detector(detector.model, config, device)
 
 
 def load_teacher(config: TeacherConfig) -> TeacherLike:

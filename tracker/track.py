@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tracker.cli import (
     HelpFormatter,
+    add_detections_per_image_option,
     add_frame_range_option,
     add_teacher_options,
     add_threads_option,
@@ -48,7 +49,7 @@ on each detected crop (then --teacher-weights or $TDT_TEACHER_WEIGHTS is
 required). Writes <out>/<sequence>.txt in MOT format
 (frame,id,x,y,w,h,score,-1,-1,-1) and, with --render, <out>/<sequence>.mp4
 (boxes, IDs, trails). Prints per-stage times and FPS (image decoding is shown
-but not counted in FPS), and MOTA/IDF1 when the input is a MOTChallenge
+but not counted in FPS), and HOTA/MOTA/IDF1 when the input is a MOTChallenge
 sequence with gt/gt.txt. Bad input: a one-line error and exit status 2.
 
 examples:
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the video header, 30 for image folders",
     )
     parser.add_argument("--device", default="cpu", help="torch device of the student, e.g. cpu or cuda:0")
+    add_detections_per_image_option(parser)
     add_threads_option(parser)
     add_tracker_config_option(parser)
     parser.add_argument("--render", action="store_true", help="also write <out>/<sequence>.mp4 (mp4v)")
@@ -114,6 +116,7 @@ def job_from_args(args: argparse.Namespace) -> TrackingJob:
         frame_range=frame_range_from_args(args),
         frame_rate=args.fps,
         device=args.device,
+        detections_per_image=args.detections_per_image,
         tracker_config=tracker_config_from_args(args),
         render=args.render,
         trail_length=args.trail_length,

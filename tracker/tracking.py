@@ -48,6 +48,7 @@ class TrackingJob:
     frame_range: FrameRange | None = None
     frame_rate: float | None = None
     device: str = "cpu"
+    detections_per_image: int | None = None  # overrides the checkpoint's cap (None: its own)
     tracker_config: TrackerConfig = field(default_factory=TrackerConfig)
     render: bool = False
     trail_length: int = DEFAULT_TRAIL_LENGTH
@@ -76,13 +77,15 @@ def track_input(job: TrackingJob) -> TrackingRun:
 
 def choose_stage(job: TrackingJob) -> DetectionStage:
     """One-stage or two-stage detection for the job's checkpoint and mode."""
-    detector = load_detector(job.checkpoint, job.device)
+    detector = load_detector(job.checkpoint, job.device, job.detections_per_image)
     one_stage = bool(detector.embedding_dim) if job.mode == "auto" else job.mode == "one-stage"
     if one_stage:
         if job.teacher_weights_given:
             print("note: one-stage tracking: --teacher-weights is not used", file=sys.stderr)
         return OneStageDetection(detector)
-    return TwoStageDetection(detector, load_teacher(job.teacher), min_score=job.tracker_config.min_score)
+    return TwoStageDetection(
+        detector, load_teacher(job.teacher), min_score=job.tracker_config.lowest_used_score
+    )
 
 
 def _run(sequence: InputSequence, stage: DetectionStage, job: TrackingJob) -> TrackingRun:

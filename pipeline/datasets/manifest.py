@@ -12,7 +12,8 @@ Schema (unknown keys are refused, so typos fail loudly)::
       env: TDT_MOT17_ROOT                   # overrides the default; --root overrides both
     has_identities: true                    # false: every identity is read as -1
     options:                                # per format, all strings
-      gt_format: mot15 | mot17              # motchallenge (required; mot17 also for MOT16/MOT20)
+      gt_format: mot15 | mot17 | mot20      # motchallenge (required; mot17 also for MOT16; mot20
+                                            #   adds class 6 to the ignored distractor classes)
       image_dir: Images                     # crowdhuman (default Images)
       box_field: fbox | vbox | hbox         # crowdhuman (default fbox)
     default_split: train
@@ -51,7 +52,7 @@ DataFormat = Literal["motchallenge", "crowdhuman", "jde"]
 FORMAT_OPTIONS: dict[str, dict[str, tuple[str, ...] | None]] = {
     # option name -> allowed values (None: any non-empty string)
     "crowdhuman": {"image_dir": None, "box_field": ("fbox", "vbox", "hbox")},
-    "motchallenge": {"gt_format": ("mot15", "mot17")},
+    "motchallenge": {"gt_format": ("mot15", "mot17", "mot20")},
     "jde": {},
 }
 DEFAULT_OPTIONS: dict[str, dict[str, str]] = {

@@ -4,10 +4,19 @@ Boxes keep the gt.txt coordinates as written (MOTChallenge's 1-based convention,
 shift), as JDE/FairMOT do: detections written back in MOT format then line up with
 the gt files the evaluation reads.
 
-Identities are made unique across a split's sequences: each sequence's ids are
-offset by the sum of the largest ids of the sequences before it (sorted by path).
-Rows ignored for their class or visibility mark carry identity -1, so counting
-distinct ids gives the number of pedestrians, not of cars and occluders.
+Which gt rows become boxes (MOT16/17/20, as the MOTChallenge evaluation treats them):
+
+- class 1 (pedestrian) with mark 1: a person, with its identity;
+- a distractor class (2 person on vehicle, 7 static person, 8 distractor, 12
+  reflection; ``gt_format: mot20`` adds 6 non-MOT vehicle) or a pedestrian with
+  mark 0: an ignore region, since a detection there is neither right nor wrong;
+- every other class (cars, bicycles, motorbikes, occluders, crowds): no box at
+  all, i.e. background the detector must learn not to fire on (the evaluation
+  counts a detection on them as a false positive).
+
+MOT15 has no class column: every row is a person. Identities are made unique across a split's
+sequences: each sequence's ids are offset by the sum of the largest ids of the
+sequences before it (sorted by path). Ignore rows carry identity -1.
 """
 
 from __future__ import annotations
@@ -32,7 +41,10 @@ GT_COLUMNS = {
     # gt_format -> (columns read, layout named in error messages)
     "mot15": (6, "frame,id,x,y,w,h,conf,wx,wy,wz"),
     "mot17": (8, "frame,id,x,y,w,h,mark,class,visibility"),
+    "mot20": (8, "frame,id,x,y,w,h,mark,class,visibility"),
 }
+# person on vehicle, static person, distractor, reflection; MOT20 adds non-MOT vehicle (6)
+DISTRACTOR_CLASSES = {"mot17": (2, 7, 8, 12), "mot20": (2, 6, 7, 8, 12)}
 GLOB_CHARACTERS = frozenset("*?[")
 
 
@@ -143,18 +155,22 @@ def read_ground_truth(path: Path, gt_format: str) -> SequenceGroundTruth:
             if line.strip():
                 rows.append(_parse_gt_line(line, columns, layout, f"{path}:{line_number}"))
     values = np.array(rows, dtype=np.float64).reshape(-1, columns)
-    identities = values[:, 1].astype(np.int64)
-    identities[identities < 0] = -1
+    max_identity = int(values[:, 1].max(initial=0))
     if gt_format == "mot15":
         ignore = np.zeros(len(values), dtype=bool)
     else:
-        ignore = (values[:, 6] != 1) | (values[:, 7] != PEDESTRIAN_CLASS)
+        pedestrian = values[:, 7] == PEDESTRIAN_CLASS
+        ignore = np.isin(values[:, 7], DISTRACTOR_CLASSES[gt_format]) | (pedestrian & (values[:, 6] == 0))
+        person = pedestrian & (values[:, 6] != 0)
+        values, ignore = values[person | ignore], ignore[person | ignore]
+    identities = values[:, 1].astype(np.int64)
+    identities[identities < 0] = -1
     return SequenceGroundTruth(
         frames=values[:, 0].astype(np.int64),
         identities=np.where(ignore, -1, identities),
         xywh=values[:, 2:6],
         ignore=ignore,
-        max_identity=int(identities.max(initial=0)),
+        max_identity=max_identity,
     )
 
 
