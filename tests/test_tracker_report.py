@@ -66,8 +66,12 @@ def test_table_and_csv_columns_come_from_one_definition(monkeypatch, tmp_path):
     extended = (*report.METRIC_COLUMNS, MetricColumn("idp", "IDP", format_percent))
     monkeypatch.setattr(report, "METRIC_COLUMNS", extended)
     rows = markdown_table([("a tracker", scores(math.nan, 0.25))])
-    assert rows[0].startswith("| Tracker | HOTA | MOTA | IDF1 | DetA | AssA | IDs | FP | FN | AP@0.5 | IDP | FPS |")
-    assert rows[2].startswith("| a tracker | 45.0 | n/a | 50.0 | 50.0 | 40.0 | 1 | 2 | 3 | 75.0 | 25.0 | 16.67 |")
+    assert rows[0].startswith(
+        "| Tracker | HOTA | MOTA | IDF1 | DetA | AssA | IDs | FP | FN | AP@0.5 | IDP | FPS |"
+    )
+    assert rows[2].startswith(
+        "| a tracker | 45.0 | n/a | 50.0 | 50.0 | 40.0 | 1 | 2 | 3 | 75.0 | 25.0 | 16.67 |"
+    )
     result = TrackerResult("key", "a tracker", "stub", {"SEQ": scores(0.5, 0.25), OVERALL: scores(0.5, 0.25)})
     write_csv(tmp_path / "results.csv", [result])
     with open(tmp_path / "results.csv") as stream:
