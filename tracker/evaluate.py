@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tdt.process import configure_for_cli
 from tracker.evaluation import MotBenchmark, MotMetrics, format_summary, prepare_sequence, summarize
 from tracker.mot_format import MotFormatError, read_mot_file
 from tracker.sequence import SequenceError, read_ground_truth
@@ -211,6 +212,7 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_for_cli()
     try:
         report = evaluate_files(request_from_args(args, parser))
     except EvaluationInputError as error:
