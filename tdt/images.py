@@ -13,7 +13,8 @@ first checks that the file is complete:
   (camera trailers, padding) are allowed.
 - PNG: the IEND chunk must be present.
 
-Only the last :data:`TAIL_BYTES` of the file are read for the check.
+Only the end of the file is read for the check: its last 4 KiB, and the last
+:data:`TAIL_BYTES` when those do not settle it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ JPEG_END_OF_IMAGE = b"\xff\xd9"
 JPEG_START_OF_SCAN = b"\xff\xda"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END_CHUNK = b"IEND"
+QUICK_TAIL_BYTES = 4 * 1024
 TAIL_BYTES = 64 * 1024
 
 
@@ -41,8 +43,17 @@ def truncation_problem(path: Path | str) -> str | None:
     with open(path, "rb") as stream:
         head = stream.read(len(PNG_SIGNATURE))
         size = stream.seek(0, os.SEEK_END)
-        stream.seek(max(0, size - TAIL_BYTES))
-        tail = stream.read()
+        # Most files end with their end marker: a short read settles them; only the
+        # others (trailers, or truncation) get the longer look.
+        for window in (QUICK_TAIL_BYTES, TAIL_BYTES):
+            stream.seek(max(0, size - window))
+            problem = _end_marker_problem(head, stream.read())
+            if problem is None or window >= size:
+                break
+    return problem
+
+
+def _end_marker_problem(head: bytes, tail: bytes) -> str | None:
     if head.startswith(JPEG_SIGNATURE):
         if tail.rfind(JPEG_END_OF_IMAGE) <= tail.rfind(JPEG_START_OF_SCAN):
             return "truncated JPEG (no end-of-image marker after the image data)"
