@@ -2,12 +2,14 @@
 
     python -m pipeline.verify out/shards-pets [--json]
 
-Checks: the manifest is readable and of a known schema version; every listed
-shard is present and no unlisted shard or leftover temporary file is; each
-shard's size, sha256, row, box and embedding counts match the manifest; the
-embeddings have the manifest's dimension and dtype, are finite and unit-norm
-(within 1e-2); ignore boxes carry no embedding; boxes lie inside their images;
-every shard names the manifest's teacher fingerprint.
+Checks: the manifest is readable and of a known schema version, and names only
+files inside the directory; every listed shard is present (a link resolving outside
+the directory is refused, not read) and no unlisted shard or leftover temporary
+file is; each shard's size, sha256, row, box and embedding counts match the
+manifest; the embeddings have the manifest's dimension and dtype, are finite and
+unit-norm (within 1e-2); ignore boxes carry no embedding; boxes lie inside their
+images; image paths stay inside the dataset root (relative, no '..'); every shard
+names the manifest's teacher fingerprint.
 """
 
 from __future__ import annotations
@@ -20,9 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.datasets.paths import checked_relative_path
+from pipeline.errors import AnnotationError
 from pipeline.plan import PARTIAL_DIR
 from pipeline.shards.io import ShardReadError, read_shard
-from pipeline.shards.manifest import ManifestError, ShardEntry, ShardManifest, read_manifest, sha256_file
+from pipeline.shards.manifest import (
+    ManifestError,
+    ShardEntry,
+    ShardManifest,
+    ShardPathError,
+    read_manifest,
+    sha256_file,
+    shard_path,
+)
 from pipeline.shards.schema import KNOWN_SCHEMA_VERSIONS, MANIFEST_NAME, format_of
 from tdt.process import configure_for_cli
 
@@ -79,7 +91,10 @@ def _check_directory_listing(directory: Path, manifest: ShardManifest) -> list[D
 
 
 def _check_shard(directory: Path, manifest: ShardManifest, entry: ShardEntry) -> list[Defect]:
-    path = directory / entry.file
+    try:
+        path = shard_path(directory, entry.file)
+    except ShardPathError as error:
+        return [Defect(entry.file, "path", str(error))]  # never read a file outside the directory
     if not path.is_file():
         return []  # reported by the listing check
     defects: list[Defect] = []
@@ -142,6 +157,15 @@ def _content_problems(table, entry: ShardEntry) -> list[tuple[str, str]]:
         problems.append(
             ("norms", f"{int(off.sum())} embeddings are not unit-norm (first {norms[off][0]:.4f})")
         )
+    escaping = [image for image in table.images if not _inside_dataset_root(image)]
+    if escaping:
+        problems.append(
+            (
+                "image-path",
+                f"{len(escaping)} image paths are absolute or use '..' and would leave the dataset root "
+                f"(first {escaping[0]!r})",
+            )
+        )
     if not np.isfinite(table.boxes).all():
         problems.append(("finite", "boxes contain NaN or inf"))
     else:
@@ -163,6 +187,14 @@ def _content_problems(table, entry: ShardEntry) -> list[tuple[str, str]]:
                 ("boxes", f"{int(outside.sum())} boxes outside their image (first in {table.images[row]})")
             )
     return problems
+
+
+def _inside_dataset_root(image: str) -> bool:
+    try:
+        checked_relative_path(image, where=image)
+    except AnnotationError:
+        return False
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from pipeline.records import ImageRecord
 from pipeline.shards.io import write_shard
 from pipeline.shards.manifest import ShardEntry, sha256_file
 from pipeline.shards.table import ShardRecord, ShardTable
+from tdt.images import ImageFileError, read_image
 from tdt.process import configure_worker_process
 from teacher import Teacher, TeacherConfig, build_teacher
 
@@ -74,9 +75,10 @@ def warm_up_worker(config: TeacherConfig, allow_random: bool) -> str:
 def decode_image(root: Path, record: ImageRecord) -> np.ndarray:
     path = root / record.image
     # Boxes refer to the stored pixels: never let cv2 apply EXIF rotation.
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise CorruptImageError(f"{path}: cannot decode image (corrupt or not an image)")
+    try:
+        image = read_image(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except ImageFileError as error:
+        raise CorruptImageError(str(error)) from error
     height, width = image.shape[:2]
     if (width, height) != (record.width, record.height):
         raise CorruptImageError(

@@ -17,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from tdt.weights_only import failure_reason, refused_global
+
 CHECKPOINT_KIND = "tdt-student-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 LAST_CHECKPOINT_NAME = "last.pt"
 STEP_CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
+# save_checkpoint and CheckpointKeeper write ".<name>.tmp-<pid>" and rename it when complete.
+_TEMPORARY_CHECKPOINT_PATTERN = re.compile(r"^\.(?:step_\d+\.pt|last\.pt)\.tmp-(\d+)$")
 # ModelConfig keys that change what inference keeps, not the shapes of the weights:
 # a tracker may load a checkpoint with other thresholds.
 NON_ARCHITECTURE_MODEL_KEYS: frozenset[str] = frozenset(
@@ -239,13 +244,19 @@ def _as_mapping(config: Any) -> Mapping[str, Any]:
     raise TypeError(f"expected a mapping or a config with to_dict(), got {type(config).__name__}")
 
 
-def _essential_line(message: str) -> str:
-    """The informative line of a torch.load error (its weights-only errors start with advice)."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    for line in lines:
-        if "WeightsUnpickler error" in line:
-            return line
-    return lines[0] if lines else ""
+def _unloadable(path: Path, error: Exception) -> CheckpointError:
+    """Why ``path`` did not load, without torch's advice to retry with full unpickling."""
+    needs = refused_global(error)
+    if needs is not None:
+        return CheckpointError(
+            f"{path}: refused: this file needs full unpickling, which can run code (it refers to {needs}). "
+            "Checkpoints written by student.train hold plain tensors and never need it, so this file is "
+            "not one of them or was modified; there is no option to load it"
+        )
+    return CheckpointError(
+        f"{path}: not a readable weights-only checkpoint (truncated, corrupt or not a checkpoint): "
+        f"{type(error).__name__}: {failure_reason(error)}"
+    )
 
 
 def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:
@@ -258,10 +269,7 @@ def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
     # EOFError on empty files, RuntimeError on truncated zips, UnpicklingError on
     # foreign objects); all mean the same thing here and keep their cause.
     except Exception as error:
-        raise CheckpointError(
-            f"{path}: not a readable weights-only checkpoint (truncated, corrupt or not a checkpoint): "
-            f"{type(error).__name__}: {_essential_line(str(error))}"
-        ) from error
+        raise _unloadable(path, error) from error
     if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{path}: not a TDT student checkpoint (no kind {CHECKPOINT_KIND!r})")
     if payload.get("format_version") != CHECKPOINT_FORMAT_VERSION:
@@ -278,6 +286,17 @@ def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
         isinstance(tensor, torch.Tensor) for tensor in payload["model_state"].values()
     ):
         raise CheckpointError(f"{path}: malformed checkpoint (model_state must map names to tensors)")
+    non_finite = [
+        name
+        for name, tensor in payload["model_state"].items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if non_finite:
+        raise CheckpointError(
+            f"{path}: {len(non_finite)} weight tensors hold non-finite values (NaN or inf, e.g. "
+            f"{non_finite[0]}): the run that wrote it diverged and the model would detect nothing; "
+            "use an earlier checkpoint (or retrain with a lower optim.learning_rate)"
+        )
     return payload
 
 
@@ -377,11 +396,33 @@ class CheckpointKeeper:
         return [path for _, path in sorted(found)]
 
     def save(self, checkpoint: TrainingCheckpoint) -> Path:
+        self.remove_interrupted_writes()
         path = save_checkpoint(self.directory / step_checkpoint_name(checkpoint.step), checkpoint)
         self._point_last_at(path)
         for old in self.step_checkpoints()[: -self.keep_last]:
             old.unlink()
         return path
+
+    def remove_interrupted_writes(self) -> list[Path]:
+        """Delete temporary checkpoint files left by a process killed while writing; warns when any.
+
+        A file of a process that is still running is kept (it may be writing right now).
+        """
+        removed = []
+        if self.directory.is_dir():
+            for path in self.directory.iterdir():
+                match = _TEMPORARY_CHECKPOINT_PATTERN.match(path.name)
+                if match and not _process_is_running(int(match.group(1))):
+                    path.unlink()
+                    removed.append(path)
+        if removed:
+            warnings.warn(
+                f"removed {len(removed)} temporary checkpoint files in {self.directory} "
+                f"({', '.join(sorted(p.name for p in removed))}): left by a checkpoint write that was "
+                "interrupted (the process was killed); the complete checkpoints are untouched",
+                stacklevel=2,
+            )
+        return removed
 
     def _point_last_at(self, path: Path) -> None:
         temporary = self.directory / f".{LAST_CHECKPOINT_NAME}.tmp-{os.getpid()}"
@@ -396,6 +437,18 @@ class CheckpointKeeper:
                 os.fsync(stream.fileno())
         os.replace(temporary, self.last_path)
         _fsync_directory(self.directory)
+
+
+def _process_is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes one checkpoint at a time: a file of its own is a leftover
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process (or no possible process id)
+        return False
+    except PermissionError:
+        return True  # another user's process: leave its file alone
+    return True
 
 
 def latest_checkpoint(directory: Path | str) -> Path | None:

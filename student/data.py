@@ -31,8 +31,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.shards import ShardRecord, ShardSet, read_manifest
+from pipeline.shards import ShardError, ShardRecord, ShardSet, read_manifest
 from tdt.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from tdt.images import ImageFileError
+from tdt.images import read_image as read_image_file
+from tdt.text import one_line
 
 from .augment import (
     AugmentConfig,
@@ -104,7 +107,9 @@ class DatasetOptions:
     expects (it normalises with ImageNet mean/std inside); ``"imagenet"`` gives
     mean/std-normalised RGB for models that do not. ``reduced_decode`` lets
     JPEGs that will be shrunk by 2x or more be decoded at 1/2 or 1/4 size
-    (see :func:`decode_reduction`).
+    (see :func:`decode_reduction`). ``verify_checksums`` checks each shard's sha256
+    against its manifest when it is first read; the content checks (counts, finite
+    boxes and embeddings) run either way.
     """
 
     input_size: tuple[int, int] = (608, 1088)
@@ -113,7 +118,7 @@ class DatasetOptions:
     seed: int = 0
     pixel_scaling: PixelScaling = "unit"
     keep_all_shards_in_memory: bool = True
-    verify_checksums: bool = False
+    verify_checksums: bool = True
     reduced_decode: bool = True
 
     def __post_init__(self) -> None:
@@ -174,9 +179,10 @@ def read_image(path: Path, expected_width: int, expected_height: int, reduction:
         raise StudentDataError(f"{path}: image file is missing")
     # Same orientation handling as pipeline.worker (IMREAD_COLOR), so boxes refer to
     # the pixels the teacher cropped.
-    image = cv2.imread(str(path), _REDUCED_DECODE_FLAGS[reduction])
-    if image is None:
-        raise StudentDataError(f"{path}: cannot decode image (corrupt or not an image)")
+    try:
+        image = read_image_file(path, _REDUCED_DECODE_FLAGS[reduction])
+    except ImageFileError as error:
+        raise StudentDataError(str(error)) from error
     height, width = image.shape[:2]
     if (width * reduction, height * reduction) != (expected_width, expected_height):
         raise StudentDataError(
@@ -263,6 +269,10 @@ class StudentDataset(Dataset):
             )
         return summaries
 
+    def shard_set(self, source_number: int) -> ShardSet:
+        """The shards of one source, as this dataset opened and checked them."""
+        return self._loaded[source_number].shards
+
     def __len__(self) -> int:
         return int(self._starts[-1])
 
@@ -276,7 +286,7 @@ class StudentDataset(Dataset):
 
     def record(self, index: int) -> ShardRecord:
         source, local = self.locate(index)
-        return self._loaded[source].shards[local]
+        return _shard_record(self._loaded[source], local)
 
     def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, dict[str, Any]]:
         if not isinstance(key, SampleKey):
@@ -285,7 +295,7 @@ class StudentDataset(Dataset):
         entropy = [self.options.seed, key.epoch, key.draw, index]
         source_number, local = self.locate(index)
         entry = self._loaded[source_number]
-        record = entry.shards[local]
+        record = _shard_record(entry, local)
         path = checked_image_path(entry.image_root, record.image, shard_directory=entry.shards.directory)
         options = self.options
         source_size = (record.height, record.width)
@@ -321,6 +331,33 @@ class StudentDataset(Dataset):
 
 
 def _load_source(
+    source: ShardSource, options: DatasetOptions, first_index: int, identity_offset: int
+) -> _LoadedSource:
+    """Open a source and read each of its shards once (checked, see :mod:`pipeline.shards.reader`)."""
+    try:
+        return _read_source(source, options, first_index, identity_offset)
+    except ShardError as error:
+        raise StudentDataError(_shard_problem(error, source)) from error
+
+
+def _shard_record(entry: _LoadedSource, local: int) -> ShardRecord:
+    """A record of a loaded source (a shard evicted from the cache is read, and checked, again)."""
+    try:
+        return entry.shards[local]
+    except ShardError as error:
+        raise StudentDataError(_shard_problem(error, entry.source)) from error
+
+
+def _shard_problem(error: ShardError, source: ShardSource) -> str:
+    """``error`` in one line with what to do about it."""
+    remake = source.distill_command or "the pipeline.distill command that made it"
+    return one_line(
+        f"{error}. Check the directory with python -m pipeline.verify {source.directory}; "
+        f"remake it with {remake}"
+    )
+
+
+def _read_source(
     source: ShardSource, options: DatasetOptions, first_index: int, identity_offset: int
 ) -> _LoadedSource:
     directory = Path(source.directory)

@@ -160,7 +160,11 @@ def _build_training_data(
 ) -> _TrainingData:
     model_config = config.model
     options = DatasetOptions(
-        input_size=model_config.input_size, mode="train", augment=config.augment, seed=config.run.seed
+        input_size=model_config.input_size,
+        mode="train",
+        augment=config.augment,
+        seed=config.run.seed,
+        verify_checksums=config.run.verify_shards,
     )
     dataset = StudentDataset(list(config.data.train), options)
     if (
@@ -264,6 +268,7 @@ def _evaluate_at_end(config: TrainConfig, outcome: TrainingOutcome, *, progress:
         device=resolve_device(config.run.device, DistributedContext()),
         batch_size=config.run.eval_batch_size,
         progress=progress,
+        verify_shards=config.run.verify_shards,
     )
     report.write_json(outcome.out_dir / EVALUATION_NAME)
     return dataclasses.replace(outcome, evaluation=report)

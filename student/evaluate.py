@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from pipeline.shards import ManifestError
+from pipeline.shards import ShardError
 from tdt.boxes import box_iou
 from tdt.config import ConfigError
 from tdt.detection_ap import average_precision
@@ -320,8 +320,12 @@ def evaluate_checkpoint(
     batch_size: int = 4,
     score_thresh: float | None = None,
     progress: bool = False,
+    verify_shards: bool = True,
 ) -> EvaluationReport:
-    """Evaluate a checkpoint on ``sources`` (default: the validation sources of its recipe)."""
+    """Evaluate a checkpoint on ``sources`` (default: the validation sources of its recipe).
+
+    ``verify_shards`` checks each shard's sha256 against its manifest when it is read.
+    """
     model, checkpoint = load_student(checkpoint_path, device=device)
     recipe = TrainConfig.from_dict(checkpoint.config) if checkpoint.config else None
     if sources is None:
@@ -336,7 +340,9 @@ def evaluate_checkpoint(
         inference_config = dataclasses.replace(inference_config, score_thresh=score_thresh)
     dataset = StudentDataset(
         list(sources),
-        DatasetOptions(input_size=inference_config.input_size, mode="validation"),
+        DatasetOptions(
+            input_size=inference_config.input_size, mode="validation", verify_checksums=verify_shards
+        ),
     )
     compare_with_teacher = recipe.loss.uses_l2 if recipe is not None else True
     if (
@@ -401,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, help="JSON report path (default: evaluation_<checkpoint name>.json beside it)"
     )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check the shards' sha256 against their manifests (their content is still checked)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -434,8 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             score_thresh=args.score_thresh,
             progress=not args.quiet,
+            verify_shards=not args.no_verify,
         )
-    except (CheckpointError, ConfigError, StudentDataError, ManifestError, MissingInputError) as error:
+    except (CheckpointError, ConfigError, StudentDataError, ShardError, MissingInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = args.out or args.checkpoint.with_name(f"evaluation_{args.checkpoint.stem}.json")

@@ -13,7 +13,10 @@ pixels after letterboxing:
 - ``ignore`` bool (N,)
 - ``identities`` int64 (N,), -1 unknown, already offset to global ids (CE only)
 - ``embeddings`` float32 (N, D_teacher), NaN rows where a box has none (L2 only);
-  the student regresses the first D_s dimensions.
+  the student regresses the first D_s dimensions. NaN is the shards' "no embedding"
+  marker of ignore boxes, so rows with NaN are left out of the L2 term; a NaN or inf
+  where a box should have an embedding (corruption) is refused when the shard is read
+  (:mod:`pipeline.shards.reader`) and never reaches the loss.
 """
 
 from __future__ import annotations

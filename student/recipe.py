@@ -111,7 +111,10 @@ class RunConfig:
     takes effect on CUDA. ``threads`` 0 uses every core (divided among the
     processes of a torchrun node). ``evaluate_at_end`` evaluates the last
     checkpoint on ``data.validation`` (when there is one) with
-    ``eval_batch_size`` images per forward pass.
+    ``eval_batch_size`` images per forward pass. ``verify_shards`` checks every
+    shard's sha256 against its manifest when the run first reads it (training and
+    the evaluation at the end); it costs one more read of the shard files, far less
+    than one training step (see the README); ``--no-verify`` skips it.
     """
 
     seed: int = 0
@@ -127,6 +130,7 @@ class RunConfig:
     tensorboard: bool = True
     evaluate_at_end: bool = True
     eval_batch_size: int = 4
+    verify_shards: bool = True
 
     def __post_init__(self) -> None:
         if self.seed < 0 or self.threads < 0:
@@ -257,6 +261,7 @@ RESUME_MAY_CHANGE: frozenset[str] = frozenset(
                 "tensorboard",
                 "evaluate_at_end",
                 "eval_batch_size",
+                "verify_shards",
             )
         ),
     }

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Sampler
 
-from pipeline.shards import open_shards
+from pipeline.shards import ShardSet, open_shards
 from tdt.config import ConfigError
 
 from .data import SampleKey, StudentDataError, StudentDataset
@@ -50,11 +50,16 @@ class SourceScan:
     embedding_count: int
 
 
-def scan_source(source: ShardSource, embedding_dim: int = 0) -> SourceScan:
+def scan_source(source: ShardSource, embedding_dim: int = 0, *, shards: ShardSet | None = None) -> SourceScan:
     """Select the source's records; with ``embedding_dim`` > 0 also sum, over the selected
     boxes that have an embedding, their teacher embeddings' first ``embedding_dim`` dims,
-    each re-normalised to unit length (for the training-set mean used by evaluation)."""
-    shards = open_shards(source.directory)
+    each re-normalised to unit length (for the training-set mean used by evaluation).
+
+    ``shards``: the source's shards as a dataset already opened (and checked) them;
+    None opens the directory again.
+    """
+    if shards is None:
+        shards = open_shards(source.directory)
     masks = []
     total = np.zeros(embedding_dim, dtype=np.float64) if embedding_dim > 0 else None
     count = 0
@@ -88,7 +93,7 @@ def select_images(
     total = np.zeros(embedding_dim) if embedding_dim > 0 else None
     count = 0
     for number, source in enumerate(sources):
-        scan = scan_source(source, embedding_dim)
+        scan = scan_source(source, embedding_dim, shards=dataset.shard_set(number))
         if len(scan.selected) != dataset.source_sizes[number]:
             raise StudentDataError(
                 f"{source.directory}: {len(scan.selected)} records scanned but the dataset holds "
@@ -109,16 +114,21 @@ def select_images(
 
 
 def overlapping_images(train: Sequence[ShardSource], validation: Sequence[ShardSource]) -> int:
-    """How many validation records are also training records (same shard directory)."""
+    """How many validation records are also training records (same shard directory).
+
+    Only frame numbers and sequence names are read, for a warning: the shards are not
+    hashed again here (the datasets that train and evaluate on them check them).
+    """
     overlap = 0
     for validation_source in validation:
-        validation_scan = None
+        shards = None
         for train_source in train:
             if Path(train_source.directory) != Path(validation_source.directory):
                 continue
-            if validation_scan is None:
-                validation_scan = scan_source(validation_source).selected
-            overlap += int((validation_scan & scan_source(train_source).selected).sum())
+            if shards is None:
+                shards = open_shards(validation_source.directory, verify_checksums=False)
+                validation_scan = scan_source(validation_source, shards=shards).selected
+            overlap += int((validation_scan & scan_source(train_source, shards=shards).selected).sum())
     return overlap
 
 

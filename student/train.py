@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.shards import ManifestError
+from pipeline.shards import ShardError
 from tdt.config import ConfigError
 from tdt.process import configure_for_cli
 
@@ -126,6 +126,12 @@ def _add_run_options(run: argparse._ArgumentGroup) -> None:
         help="torch CPU threads (0: all cores; on cores shared with other jobs 1 can be much faster)",
     )
     run.add_argument("--no-evaluate", action="store_true", help="skip the evaluation at the end")
+    run.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check the shards' sha256 against their manifests (run.verify_shards: false); "
+        "their content is still checked",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -201,6 +207,8 @@ def recipe_from_arguments(args: argparse.Namespace) -> tuple[TrainConfig, Path |
             run_changes[name] = getattr(args, name)
     if args.no_evaluate:
         run_changes["evaluate_at_end"] = False
+    if args.no_verify:
+        run_changes["verify_shards"] = False
     run = dataclasses.replace(run, **run_changes)
     return dataclasses.replace(config, data=data, run=run, optim=optim), resume
 
@@ -232,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ConfigError,
         CheckpointError,
         StudentDataError,
-        ManifestError,
+        ShardError,
         BackboneWeightsError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)

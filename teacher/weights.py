@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from tdt.weights_only import failure_reason, refused_global
 from teacher.errors import TeacherError
 from teacher.registry import KNOWN_ZOO_WEIGHTS, TRUST_PICKLE_OPTION, KnownZooWeights, weights_hint
 
@@ -27,7 +27,6 @@ _DATA_PARALLEL_PREFIX = "module."
 _CLASSIFIER_PREFIX = "classifier."
 # BatchNorm's step counter only matters with momentum=None; files saved before PyTorch 0.4.1 lack it.
 _OPTIONAL_SUFFIX = ".num_batches_tracked"
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 _EXAMPLES = 3
 
 
@@ -146,14 +145,14 @@ def _load_checkpoint(data: bytes, path: Path, architecture: str, *, trusted: boo
     # Unpickling arbitrary bytes can fail with almost any exception type; all mean "unreadable".
     except Exception as error:
         safe_load_error = error
-    unsafe_global = _UNSAFE_GLOBAL.search(str(safe_load_error))
+    needs = refused_global(safe_load_error)
     if not trusted:
-        if unsafe_global is not None:
+        if needs is not None:
             raise TeacherError(
-                f"refusing to unpickle teacher weights {path}: it is not a plain state dict (it needs "
-                f"{unsafe_global.group(1)}) and it is not a known model-zoo file; unpickling can run "
-                f"arbitrary code. If you trust this file, pass {TRUST_PICKLE_OPTION} "
-                f"(TeacherConfig.trust_pickle=True). {weights_hint(architecture)}"
+                f"teacher weights {path} refused: this file needs full unpickling, which can run code "
+                f"(it is not a plain state dict: it refers to {needs}, and it is not a known model-zoo "
+                f"file); load it only if you trust it (option {TRUST_PICKLE_OPTION}, or "
+                f"TeacherConfig.trust_pickle=True). {weights_hint(architecture)}"
             ) from safe_load_error
         raise _unreadable(path, architecture, safe_load_error)
     log.warning("loading teacher weights %s with full pickle (trusted file)", path)
@@ -167,15 +166,5 @@ def _load_checkpoint(data: bytes, path: Path, architecture: str, *, trusted: boo
 def _unreadable(path: Path, architecture: str, error: Exception) -> TeacherError:
     return TeacherError(
         f"cannot load teacher weights {path}: not a PyTorch weights file, or corrupt/truncated "
-        f"({_short_reason(error)}). {weights_hint(architecture)}"
+        f"({failure_reason(error)}). {weights_hint(architecture)}"
     )
-
-
-def _short_reason(error: Exception) -> str:
-    text = str(error)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    reason = lines[0] if lines else type(error).__name__
-    return reason if len(reason) <= 160 else reason[:157] + "..."

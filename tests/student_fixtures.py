@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.shards import (
+    SCHEMA_VERSION,
     DatasetInfo,
     ShardEntry,
     ShardManifest,
@@ -108,7 +109,7 @@ def write_shard_dir(
         chunk = records[start : start + shard_size]
         table = ShardTable.from_records(chunk, dim, dtype)
         name = shard_file_name(index, fmt)
-        write_shard(out_dir / name, table, {"teacher_id": teacher_id}, fmt)
+        write_shard(out_dir / name, table, {"schema_version": SCHEMA_VERSION, "teacher_id": teacher_id}, fmt)
         entries.append(
             ShardEntry(
                 file=name,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import configparser
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tdt.boxes import tlwh_to_tlbr
+from tdt.images import ImageFileError, read_image
 from tracker.evaluation import MotBenchmark
 from tracker.mot_format import MotFormatError, read_mot_file
 
@@ -49,6 +51,10 @@ FloatArray = npt.NDArray[np.float64]
 
 class SequenceError(ValueError):
     """An input that cannot be read as a sequence; the message is one line for CLIs."""
+
+
+class ShortVideoWarning(UserWarning):
+    """A video decoded to fewer frames than its header announces."""
 
 
 class InputKind(StrEnum):
@@ -189,10 +195,11 @@ class InputSequence:
             if frames is not None and number not in frames:
                 continue
             started = time.perf_counter()
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            try:
+                image = read_image(path, cv2.IMREAD_COLOR)
+            except ImageFileError as error:
+                raise SequenceError(str(error)) from error
             elapsed = time.perf_counter() - started
-            if image is None:
-                raise SequenceError(f"{path}: cannot decode the image")
             yield DecodedFrame(number, image, elapsed)
 
     def _video_frames(self, frames: FrameRange | None) -> Iterator[DecodedFrame]:
@@ -205,16 +212,34 @@ class InputSequence:
                 number += 1
                 if frames is not None and number < frames.first:
                     if not capture.grab():
-                        return
+                        break
                     continue
                 started = time.perf_counter()
                 ok, image = capture.read()
                 elapsed = time.perf_counter() - started
                 if not ok:
-                    return
+                    break
                 yield DecodedFrame(number, image, elapsed)
+            else:
+                return  # the range ended before the video did
         finally:
             capture.release()
+        self._check_video_end(decoded=number - 1, frames=frames)
+
+    def _check_video_end(self, decoded: int, frames: FrameRange | None) -> None:
+        """The video ended after ``decoded`` frames: none (in range) is an error, fewer than announced a warning."""
+        if decoded == 0 or (frames is not None and decoded < frames.first):
+            where = "" if frames is None else f" from frame {frames.first} on"
+            raise SequenceError(
+                f"{self.path}: no frame could be decoded{where} (empty, cut short or not a video)"
+            )
+        if self.video_frame_count is not None and decoded < self.video_frame_count:
+            warnings.warn(
+                f"{self.path}: the header announces {self.video_frame_count} frames, {decoded} decoded "
+                "(the file may be cut short); tracking the frames decoded",
+                ShortVideoWarning,
+                stacklevel=2,
+            )
 
     def read_ground_truth(self) -> GroundTruth | None:
         """The sequence's ground truth, or None when it has no ``gt/gt.txt``."""

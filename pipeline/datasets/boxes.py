@@ -11,11 +11,14 @@ from pipeline.errors import AnnotationError
 from pipeline.records import ImageRecord
 
 MIN_BOX_SIDE_PX = 2.0
+# Annotation numbers are parsed as float64, which holds every integer up to 2**53 exactly.
+LARGEST_EXACT_INTEGER = 2.0**53
 
 
 def annotation_numbers(fields: list[str], line: str, where: str, *, integer_pair: str) -> list[float]:
     """``fields`` of an annotation ``line`` as finite floats whose first two (``integer_pair``,
-    e.g. "frame and id") are whole numbers; anything else is an AnnotationError at ``where``."""
+    e.g. "frame and id") are whole numbers below 2**53 in magnitude; anything else is an
+    AnnotationError at ``where``."""
     try:
         values = [float(field) for field in fields]
     except ValueError as exc:
@@ -24,6 +27,11 @@ def annotation_numbers(fields: list[str], line: str, where: str, *, integer_pair
         raise AnnotationError(f"{where}: non-finite value in {line.strip()!r}")
     if not (values[0].is_integer() and values[1].is_integer()):
         raise AnnotationError(f"{where}: {integer_pair} must be integers in {line.strip()!r}")
+    if max(abs(values[0]), abs(values[1])) >= LARGEST_EXACT_INTEGER:
+        raise AnnotationError(
+            f"{where}: {integer_pair} must be below 2**53 in magnitude (a larger identity or frame "
+            f"number cannot be stored exactly and would silently change) in {line.strip()!r}"
+        )
     return values
 
 

@@ -71,9 +71,11 @@ def annotation_files(manifest: DatasetManifest, split: SplitSpec, root: Path) ->
 
 def _parse_line(line: str, box_field: str, where: str) -> tuple[str, np.ndarray, np.ndarray]:
     try:
-        entry = json.loads(line)
+        entry = json.loads(line.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
-        raise AnnotationError(f"{where}: not valid JSON: {exc.msg} at column {exc.colno}") from exc
+        # The line without its newline: an error at its end is at the line's last column + 1,
+        # not at column 1 of a line after it.
+        raise AnnotationError(f"{where}: not valid JSON: {exc.msg} at column {exc.pos + 1}") from exc
     if not isinstance(entry, dict) or not isinstance(entry.get("ID"), str) or not entry["ID"]:
         raise AnnotationError(f"{where}: expected an object with a string 'ID'")
     gtboxes = entry.get("gtboxes", [])

@@ -72,6 +72,11 @@ def read(manifest: DatasetManifest, split: SplitSpec, root: Path, stats: StatsCo
     identity_offset = 0
     for sequence_dir in sequence_dirs(manifest, split, root):
         ground_truth = read_ground_truth(sequence_dir / "gt" / "gt.txt", manifest.options["gt_format"])
+        if len(ground_truth.frames) == 0:
+            stats.warn(
+                f"{sequence_dir / 'gt' / 'gt.txt'} holds no ground-truth rows: every frame of the "
+                "sequence becomes an image without people"
+            )
         records.extend(
             _sequence_records(manifest, split, root, sequence_dir, ground_truth, identity_offset, stats)
         )

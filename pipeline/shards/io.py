@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 from pipeline.shards import hdf5_format, parquet_format
+from pipeline.shards.errors import ShardError
 from pipeline.shards.schema import format_of
 from pipeline.shards.table import ShardTable
 
 _CODECS = {"parquet": parquet_format, "hdf5": hdf5_format}
 
 
-class ShardReadError(ValueError):
+class ShardReadError(ShardError):
     """A shard file cannot be decoded (truncated, corrupt, wrong format)."""
 
 
@@ -44,5 +45,7 @@ def read_shard(path: Path, fmt: str | None = None) -> tuple[ShardTable, dict]:
         raise ShardReadError(f"{path}: not a shard file name (.parquet or .h5)")
     try:
         return codec(fmt).read(path)
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
-        raise ShardReadError(f"{path.name}: cannot read {fmt} shard: {error}") from error
+    # Damaged bytes make pyarrow and h5py fail in many ways (pyarrow's errors derive from
+    # ValueError, OSError, NotImplementedError...); all of them mean "cannot read this shard".
+    except (OSError, ValueError, KeyError, TypeError, IndexError, NotImplementedError, RuntimeError) as error:
+        raise ShardReadError(f"{path}: cannot read {fmt} shard: {error}") from error

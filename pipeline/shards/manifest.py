@@ -6,13 +6,18 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from pipeline.shards.errors import ShardError
 from pipeline.shards.schema import KNOWN_SCHEMA_VERSIONS, MANIFEST_KIND, MANIFEST_NAME, SCHEMA_VERSION
 
 
-class ManifestError(ValueError):
-    """The manifest is missing, unreadable or of an unknown schema."""
+class ManifestError(ShardError):
+    """The manifest is missing, unreadable or of an unknown schema, or names files outside its directory."""
+
+
+class ShardPathError(ShardError):
+    """A listed shard file that resolves (through a link) to a file outside the shard directory."""
 
 
 @dataclass(frozen=True)
@@ -87,13 +92,43 @@ class ShardManifest:
                 dataset=DatasetInfo(**data["dataset"]),
                 teacher=dict(data["teacher"]),
                 teacher_id=data["teacher_id"],
-                shards=tuple(ShardEntry(**s) for s in data["shards"]),
+                shards=tuple(
+                    _checked_entry(position, ShardEntry(**s)) for position, s in enumerate(data["shards"])
+                ),
                 schema_version=version,
                 kind=data["kind"],
                 stats=dict(data.get("stats", {})),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ManifestError(f"malformed manifest: {error}") from error
+
+
+def _checked_entry(position: int, entry: ShardEntry) -> ShardEntry:
+    """``entry`` when its file is a plain name: a manifest cannot point outside its directory."""
+    name = entry.file
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "\\" in name
+        or PurePosixPath(name).name != name
+    ):
+        raise ManifestError(
+            f"shard entry {position} names the file {name!r}: a shard must be a file name inside "
+            "the shard directory (no folders, '..' or absolute paths)"
+        )
+    return entry
+
+
+def shard_path(directory: Path, file: str) -> Path:
+    """``directory / file``, refused when links make it resolve outside ``directory``.
+
+    ``file`` is a manifest entry's name (a plain name, see :func:`read_manifest`).
+    """
+    path = Path(directory) / file
+    resolved = path.resolve()
+    if not resolved.is_relative_to(Path(directory).resolve()):
+        raise ShardPathError(f"{path}: resolves to {resolved}, outside the shard directory {directory}")
+    return path
 
 
 def read_manifest(directory: Path) -> ShardManifest:
