@@ -391,3 +391,33 @@ def _teacher_id(shards: Path) -> str:
     from student.data import DatasetOptions, StudentDataset
 
     return StudentDataset([shards], DatasetOptions(input_size=(64, 96), mode="validation")).teacher_id
+
+
+@pytest.mark.filterwarnings("ignore:.*validation images are also training images:UserWarning")
+def test_resume_with_ce_and_uncertainty_weighting_repeats_the_uninterrupted_losses(
+    pets_dir, mobilenet_v2_features, tmp_path
+):
+    import dataclasses
+
+    from student_fixtures import write_pets_shard_dir
+
+    shards = write_pets_shard_dir(tmp_path / "shards", pets_dir)
+    source = ShardSource(directory=str(shards))
+    config = TrainConfig(
+        model=small_centernet(embedding_dim=16),
+        data=DataConfig(train=(source,), validation=(source,)),
+        loss=LossConfig(embedding_loss="l2+ce", uncertainty_weighting=True, box_weight=0.1),
+        optim=OptimConfig(optimizer="adamw", learning_rate=1e-3, warmup_steps=1, batch_size=2, max_steps=4),
+        run=RunConfig(out_dir=str(tmp_path / "a"), backbone_weights=str(mobilenet_v2_features),
+                      checkpoint_every=2, log_every=1, tensorboard=False, threads=1, evaluate_at_end=False),
+    )  # fmt: skip
+    uninterrupted = train(config, progress=False)
+    resumed_config = dataclasses.replace(
+        config, run=dataclasses.replace(config.run, out_dir=str(tmp_path / "b"))
+    )
+    resumed = train(resumed_config, resume=uninterrupted.out_dir / "step_000002.pt", progress=False)
+    assert resumed.step_losses == uninterrupted.step_losses[2:]
+    retinanet = dataclasses.replace(config, model=ModelConfig(**{**small_centernet(embedding_dim=16).to_dict(),
+                                                                 "family": "retinanet"}))  # fmt: skip
+    with pytest.raises(CheckpointError, match="family: checkpoint 'centernet', expected 'retinanet'"):
+        train(retinanet, resume=uninterrupted.out_dir / "step_000002.pt", progress=False)
