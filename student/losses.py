@@ -160,6 +160,8 @@ class DistillationCriterion(nn.Module):
             self.identity_log_variance = nn.Parameter(torch.tensor(loss_config.initial_identity_log_variance))
 
     def checked_target(self, target: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+        """One image's targets as tensors on ``device``, shapes checked: boxes and ignore flags,
+        plus the embeddings / identities the configured embedding terms read."""
         for key in ("boxes", "ignore"):
             if key not in target:
                 raise KeyError(f"target lacks {key!r}")
