@@ -1,4 +1,4 @@
-"""Student detector: RetinaNet + re-ID embedding head, its losses and inference.
+"""Student detector: RetinaNet or CenterNet (``model.family``) + re-ID embedding head, its losses and inference.
 
 Public API (see each module): :class:`ModelConfig`, :class:`LossConfig`,
 :func:`build_student`, :class:`StudentDetector`, :class:`StudentOutputs`,

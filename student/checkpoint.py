@@ -115,7 +115,14 @@ _REQUIRED_KEYS = ("step", "model_state", "model_config")
 # Typed fields that checkpoints written before they existed kept in ``extra``.
 _FIELDS_ONCE_IN_EXTRA = ("criterion_state", "grad_scaler_state", "teacher_mean_embedding")
 # Model-config keys added since the first checkpoints, with the value those checkpoints imply.
-_MODEL_CONFIG_KEYS_ADDED = {"family": "retinanet"}
+_MODEL_CONFIG_KEYS_ADDED = {"family": "retinanet", "neck_channels": [256, 128, 64], "box_encoding": "ltrb"}
+# Loss-config keys added since (read by the CenterNet family only), with their defaults.
+_LOSS_CONFIG_KEYS_ADDED = {
+    "heatmap_alpha": 2.0,
+    "heatmap_beta": 4.0,
+    "heatmap_min_overlap": 0.7,
+    "offset_weight": 1.0,
+}
 
 
 # ---- RNG state -------------------------------------------------------------------------------
@@ -358,7 +365,10 @@ def _upgrade_payload(payload: dict[str, Any]) -> dict[str, Any]:
     payload["model_config"] = {**_MODEL_CONFIG_KEYS_ADDED, **payload["model_config"]}
     recipe = payload.get("config")
     if isinstance(recipe, dict) and isinstance(recipe.get("model"), dict):
-        payload["config"] = {**recipe, "model": {**_MODEL_CONFIG_KEYS_ADDED, **recipe["model"]}}
+        recipe = {**recipe, "model": {**_MODEL_CONFIG_KEYS_ADDED, **recipe["model"]}}
+        if isinstance(recipe.get("loss"), dict):
+            recipe["loss"] = {**_LOSS_CONFIG_KEYS_ADDED, **recipe["loss"]}
+        payload["config"] = recipe
     return payload
 
 

@@ -15,11 +15,12 @@ from typing import Any, Literal, Self, get_args
 
 from tdt.config import ConfigError, PlainConfig
 
-ModelFamilyName = Literal["retinanet"]
+ModelFamilyName = Literal["retinanet", "centernet"]
 BackboneName = Literal["resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "mobilenet_v2_fpn"]
 EmbeddingHeadLayout = Literal["per_anchor", "per_location"]
 EmbeddingLossMode = Literal["l2", "ce", "l2+ce"]
 IgnoreOverlap = Literal["iou", "ioa"]
+CenterBoxEncoding = Literal["ltrb", "wh"]
 
 MODEL_FAMILY_NAMES: tuple[str, ...] = get_args(ModelFamilyName)
 BACKBONE_NAMES: tuple[str, ...] = get_args(BackboneName)
@@ -48,6 +49,15 @@ class ModelConfig(PlainConfig):
     level instead of only at the anchors the loss or the detections read: the
     same embeddings at inference, other BN batch statistics in training (see
     :mod:`student.sparse_head`).
+
+    Keys read by one family only. RetinaNet: ``fpn_channels``, ``head_depth``,
+    ``anchor_*``, ``embedding_head``, ``share_embedding_convs_across_levels``,
+    ``nms_thresh``, ``candidates_per_level``. CenterNet (:mod:`student.centernet`):
+    ``neck_channels`` (the upsampling neck's widths at strides 16, 8 and 4; the
+    heads read the last) and ``box_encoding`` (``ltrb`` distances from the
+    centre, or ``wh``); its heads' hidden width is ``head_width`` (the
+    embedding head's ``embedding_head_width``), and ``detections_per_image`` is
+    its top-K of heatmap peaks.
     """
 
     family: ModelFamilyName = "retinanet"
@@ -72,6 +82,8 @@ class ModelConfig(PlainConfig):
     detections_per_image: int = 500
     candidates_per_level: int = 1000
     dense_embeddings: bool = False
+    neck_channels: tuple[int, ...] = (256, 128, 64)
+    box_encoding: CenterBoxEncoding = "ltrb"
 
     def __post_init__(self) -> None:
         _require(
@@ -97,6 +109,14 @@ class ModelConfig(PlainConfig):
             "candidates_per_level",
         ):
             _require(getattr(self, name) > 0, f"{name} must be positive")
+        _require(
+            len(self.neck_channels) == 3 and all(c > 0 for c in self.neck_channels),
+            "neck_channels needs three positive widths (strides 16, 8, 4)",
+        )
+        _require(
+            self.box_encoding in get_args(CenterBoxEncoding),
+            f"box_encoding must be one of {get_args(CenterBoxEncoding)}",
+        )
         _require(self.embedding_dim >= 0, "embedding_dim must be >= 0 (0: detection only)")
         _require(
             len(self.anchor_base_sizes) == len(FPN_STRIDES),
@@ -152,6 +172,13 @@ class LossConfig(PlainConfig):
     ``identity_weight`` scales the identity cross-entropy (modes "ce", "l2+ce").
     With ``uncertainty_weighting`` the detection and identity sums are combined
     with learned log-variances as in FairMOT (eq. 5).
+
+    The CenterNet family reads ``classification_weight`` for its heatmap loss
+    (penalty-reduced focal, ``heatmap_alpha`` / ``heatmap_beta``, Gaussian
+    radius from ``heatmap_min_overlap``), ``box_weight`` for its L1 box loss and
+    ``offset_weight`` for its L1 centre-offset loss; the anchor keys
+    (``focal_*``, ``box_huber_delta``, ``*_iou``, ``ignore_overlap*``) are
+    RetinaNet's.
     """
 
     focal_alpha: float = 0.25
@@ -171,12 +198,24 @@ class LossConfig(PlainConfig):
     ignore_overlap: IgnoreOverlap = "ioa"
     ignore_overlap_threshold: float = 0.5
     min_box_size: float = 1.0
+    heatmap_alpha: float = 2.0
+    heatmap_beta: float = 4.0
+    heatmap_min_overlap: float = 0.7
+    offset_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        _require(self.heatmap_alpha >= 0.0 and self.heatmap_beta >= 0.0, "heatmap_alpha/beta must be >= 0")
+        _require(0.0 < self.heatmap_min_overlap < 1.0, "heatmap_min_overlap must be within (0, 1)")
         _require(0.0 <= self.focal_alpha <= 1.0, "focal_alpha must be within [0, 1]")
         _require(self.focal_gamma >= 0.0, "focal_gamma must be >= 0")
         _require(self.box_huber_delta > 0.0, "box_huber_delta must be positive")
-        for name in ("classification_weight", "box_weight", "embedding_weight", "identity_weight"):
+        for name in (
+            "classification_weight",
+            "box_weight",
+            "embedding_weight",
+            "identity_weight",
+            "offset_weight",
+        ):
             _require(getattr(self, name) >= 0.0, f"{name} must be >= 0")
         _require(
             self.embedding_loss in get_args(EmbeddingLossMode),

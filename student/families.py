@@ -2,7 +2,7 @@
 
 Training (:mod:`student.engine`), ``student.load`` and the benchmarks build
 students only through :func:`build_student` and :func:`build_criterion`, so a
-new family (an anchor-free head, say) is one :class:`ModelFamily` entry in
+new family is one :class:`ModelFamily` entry in
 :data:`FAMILIES` plus its name in :data:`student.config.ModelFamilyName` (the
 config validates names without importing the models; a test keeps the two
 lists equal). A checkpoint records its model config, family included, and
@@ -16,13 +16,17 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from tdt.config import ConfigError
 
+from .anchor_decoding import decode_anchor_outputs
 from .backbones import load_backbone_weights
+from .centernet import CenterNetCriterion, CenterNetDetector, decode_center_outputs
 from .config import LossConfig, ModelConfig
+from .detections import InputDetections
 from .losses import StudentCriterion
 from .model import StudentDetector
 
@@ -34,16 +38,20 @@ class ModelFamily:
     ``build_detector(model_config)`` returns the network, whose ``backbone``
     attribute takes ImageNet weights; ``build_criterion(loss_config,
     model_config, num_identities)`` returns the loss module (its parameters,
-    if any, are trained and checkpointed with the model).
+    if any, are trained and checkpointed with the model); ``postprocess(outputs,
+    model_config)`` turns the detector's outputs into per-image
+    :class:`student.detections.InputDetections`.
     """
 
     name: str
     build_detector: Callable[[ModelConfig], nn.Module]
     build_criterion: Callable[[LossConfig, ModelConfig, int], nn.Module]
+    postprocess: Callable[[Any, ModelConfig], list[InputDetections]]
 
 
 FAMILIES: Mapping[str, ModelFamily] = {
-    "retinanet": ModelFamily("retinanet", StudentDetector, StudentCriterion),
+    "retinanet": ModelFamily("retinanet", StudentDetector, StudentCriterion, decode_anchor_outputs),
+    "centernet": ModelFamily("centernet", CenterNetDetector, CenterNetCriterion, decode_center_outputs),
 }
 
 
@@ -59,7 +67,7 @@ def build_student(
     backbone_weights: str | Path | None = None,
     *,
     warn_if_random_backbone: bool = True,
-) -> StudentDetector:
+) -> nn.Module:
     """Build the student of ``config.family``; ``backbone_weights`` is a local ImageNet state
     dict (see :func:`student.backbones.load_backbone_weights`). Without it the backbone is
     randomly initialised and, unless ``warn_if_random_backbone`` is False (e.g. weights come

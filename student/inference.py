@@ -1,26 +1,24 @@
-"""Post-processing that keeps each detection's anchor, and the image-in, arrays-out Detector.
+"""Post-processing of any family's outputs, and the image-in, arrays-out Detector.
 
-torchvision's RetinaNet post-processing drops the anchor a detection came
-from; we need it to read that anchor's embedding, hence our own version:
-per level, scores >= ``score_thresh``, top ``candidates_per_level``, decode,
-then class-wise NMS and the best ``detections_per_image`` over all levels.
+Each model family decodes its own outputs (:mod:`student.anchor_decoding` for
+RetinaNet, :mod:`student.centernet.decoding` for CenterNet); :func:`postprocess`
+picks the decoder of ``config.family`` and :class:`Detector` runs any family.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torch import nn
 
 from .augment import Placement
 from .config import ModelConfig
-from .model import StudentDetector, StudentOutputs, make_box_coder
+from .detections import InputDetections
+from .families import model_family
 from .transforms import bgr_to_input_tensor, detections_to_original
 
 # settings that may differ between the trained model and how it is run
@@ -37,66 +35,11 @@ INFERENCE_SETTINGS = frozenset(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class InputDetections:
-    """Detections of one image in network-input pixels."""
-
-    boxes: Tensor  # (N, 4) x1, y1, x2, y2
-    scores: Tensor  # (N,)
-    labels: Tensor  # (N,) int64, always 0 (person)
-    anchor_indices: Tensor  # (N,) int64 into StudentOutputs.anchors
-    embeddings: Tensor | None  # (N, D), L2-normalised
-
-
-def postprocess(outputs: StudentOutputs, config: ModelConfig) -> list[InputDetections]:
-    """Detections per image of a batch, with the anchor index each came from.
-
-    Embeddings are read after NMS and top-k, for the kept detections of all
-    images at once (with a sparse head, the only places it is evaluated).
-    """
-    kept = [_image_detections(outputs, image, config) for image in range(outputs.class_logits.shape[0])]
-    embeddings: list[Tensor | None] = [None] * len(kept)
-    if outputs.has_embeddings and kept:
-        anchor_indices = torch.cat([anchors for _, _, _, anchors in kept])
-        counts = [len(anchors) for _, _, _, anchors in kept]
-        image_index = torch.repeat_interleave(
-            torch.arange(len(kept), device=anchor_indices.device),
-            torch.tensor(counts, device=anchor_indices.device),
-        )
-        all_embeddings = F.normalize(outputs.anchor_embeddings(image_index, anchor_indices).float(), dim=1)
-        embeddings = list(all_embeddings.split(counts))
-    return [
-        InputDetections(
-            boxes=boxes, scores=scores, labels=labels, anchor_indices=anchors, embeddings=image_embeddings
-        )
-        for (boxes, scores, labels, anchors), image_embeddings in zip(kept, embeddings, strict=True)
-    ]
-
-
-def _image_detections(
-    outputs: StudentOutputs, image: int, config: ModelConfig
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Boxes, scores, labels and anchor indices one image keeps after thresholds, NMS and top-k."""
-    num_classes = outputs.class_logits.shape[2]
-    level_starts = np.cumsum((0,) + outputs.anchors_per_level[:-1]).tolist()
-    candidate_anchors, candidate_scores, candidate_labels = [], [], []
-    for start, count in zip(level_starts, outputs.anchors_per_level, strict=True):
-        scores = torch.sigmoid(outputs.class_logits[image, start : start + count]).flatten()
-        above = torch.nonzero(scores >= config.score_thresh).flatten()
-        top = scores[above].topk(min(config.candidates_per_level, len(above)))
-        flat_indices = above[top.indices]
-        candidate_anchors.append(start + torch.div(flat_indices, num_classes, rounding_mode="floor"))
-        candidate_labels.append(flat_indices % num_classes)
-        candidate_scores.append(top.values)
-    anchor_indices = torch.cat(candidate_anchors)
-    scores = torch.cat(candidate_scores)
-    labels = torch.cat(candidate_labels)
-    boxes = make_box_coder().decode_single(
-        outputs.box_deltas[image, anchor_indices].float(), outputs.anchors[anchor_indices]
-    )
-    boxes = clip_boxes_to_image(boxes, outputs.image_size)
-    keep = batched_nms(boxes, scores, labels, config.nms_thresh)[: config.detections_per_image]
-    return boxes[keep], scores[keep], labels[keep], anchor_indices[keep]
+def postprocess(outputs: Any, config: ModelConfig) -> list[InputDetections]:
+    """Detections per image of a batch of ``config.family`` model outputs, each with where it was
+    read (anchor or heatmap cell) and, for a model with an embedding head, its L2-normalised
+    embedding (evaluated only at the kept detections unless the model ran dense)."""
+    return model_family(config.family).postprocess(outputs, config)
 
 
 class Detections(NamedTuple):
@@ -108,7 +51,7 @@ class Detections(NamedTuple):
 
 
 class Detector:
-    """Runs a student on cv2 BGR uint8 images; returns boxes in original pixels.
+    """Runs a student of any family on cv2 BGR uint8 images; returns boxes in original pixels.
 
     Each image is letterboxed to ``config.input_height`` x ``input_width``
     exactly as the data loader's validation path does (aspect kept, centred,
@@ -120,7 +63,7 @@ class Detector:
 
     def __init__(
         self,
-        model: StudentDetector,
+        model: nn.Module,
         config: ModelConfig | None = None,
         device: torch.device | str = "cpu",
     ) -> None:

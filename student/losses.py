@@ -52,7 +52,7 @@ def box_huber_loss_sum(predicted_deltas: Tensor, target_deltas: Tensor, delta: f
     return F.huber_loss(predicted_deltas, target_deltas, delta=delta, reduction="sum")
 
 
-def _zero_like_graph(*tensors: Tensor) -> Tensor:
+def zero_like_graph(*tensors: Tensor) -> Tensor:
     """An exact 0 connected to the graph, so backward works when a term has no samples."""
     return sum((t.sum() * 0.0 for t in tensors), start=torch.zeros((), device=tensors[0].device))
 
@@ -61,7 +61,7 @@ def embedding_l2_loss(predicted: Tensor, target: Tensor) -> Tensor:
     """Mean over rows of sum_d (predicted - target)^2; rows with any NaN target are skipped."""
     has_target = ~torch.isnan(target).any(dim=1)
     if not bool(has_target.any()):
-        return _zero_like_graph(predicted)
+        return zero_like_graph(predicted)
     difference = predicted[has_target] - target[has_target]
     return difference.pow(2).sum(dim=1).mean()
 
@@ -79,7 +79,7 @@ def identity_cross_entropy(
     """CE of ``classifier(scale * normalize(embeddings))``; identity -1 rows are ignored."""
     known = identities >= 0
     if not bool(known.any()):
-        return _zero_like_graph(embeddings, classifier.weight, classifier.bias)
+        return zero_like_graph(embeddings, classifier.weight, classifier.bias)
     if int(identities.max()) >= classifier.out_features:
         raise ValueError(
             f"identity {int(identities.max())} out of range for {classifier.out_features} identities"
@@ -131,8 +131,9 @@ class _IdentityLosses:
     num_identity: int = 0
 
 
-class StudentCriterion(nn.Module):
-    """Loss of :class:`student.model.StudentDetector` outputs against per-image targets.
+class DistillationCriterion(nn.Module):
+    """What every family's loss shares: the embedding terms' set-up and target checks, and the
+    combination of detection and identity sums.
 
     Holds the learnable parts of the loss: the identity classifier (modes "ce"
     and "l2+ce", ``num_identities`` classes) and, with uncertainty weighting,
@@ -144,7 +145,6 @@ class StudentCriterion(nn.Module):
         super().__init__()
         self.loss_config = loss_config
         self.embedding_dim = model_config.embedding_dim
-        self.box_coder = make_box_coder()
         self.uses_l2 = model_config.has_embedding_head and loss_config.uses_l2
         self.uses_identity_ce = model_config.has_embedding_head and loss_config.uses_identity_ce
         self.identity_classifier: nn.Linear | None = None
@@ -162,12 +162,67 @@ class StudentCriterion(nn.Module):
             )
             self.identity_log_variance = nn.Parameter(torch.tensor(loss_config.initial_identity_log_variance))
 
+    def checked_target(self, target: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+        """One image's targets as tensors on ``device``, shapes checked: boxes and ignore flags,
+        plus the embeddings / identities the configured embedding terms read."""
+        for key in ("boxes", "ignore"):
+            if key not in target:
+                raise KeyError(f"target lacks {key!r}")
+        boxes = torch.as_tensor(target["boxes"], dtype=torch.float32, device=device)
+        num_boxes = boxes.shape[0]
+        checked = {
+            "boxes": boxes.reshape(num_boxes, 4),
+            "ignore": torch.as_tensor(target["ignore"], dtype=torch.bool, device=device),
+        }
+        if self.uses_l2:
+            if "embeddings" not in target:
+                raise KeyError("the L2 embedding loss needs target 'embeddings'")
+            embeddings = torch.as_tensor(target["embeddings"], dtype=torch.float32, device=device)
+            if embeddings.ndim != 2 or embeddings.shape[0] != num_boxes:
+                raise ValueError(
+                    f"embeddings must be ({num_boxes}, D_teacher), got {tuple(embeddings.shape)}"
+                )
+            if embeddings.shape[1] < self.embedding_dim:
+                raise ValueError(
+                    f"teacher embeddings have {embeddings.shape[1]} dims, the student "
+                    f"regresses {self.embedding_dim}"
+                )
+            checked["embeddings"] = embeddings
+        if self.uses_identity_ce:
+            if "identities" not in target:
+                raise KeyError("the identity cross-entropy needs target 'identities'")
+            identities = torch.as_tensor(target["identities"], dtype=torch.int64, device=device)
+            if identities.shape != (num_boxes,):
+                raise ValueError(f"identities must be ({num_boxes},), got {tuple(identities.shape)}")
+            checked["identities"] = identities
+        return checked
+
+    def combined(self, detection_total: Tensor, identity_total: Tensor) -> Tensor:
+        """The plain weighted sum, or FairMOT's uncertainty weighting of the two sums."""
+        if self.detection_log_variance is None or self.identity_log_variance is None:
+            return detection_total + identity_total
+        return 0.5 * (
+            torch.exp(-self.detection_log_variance) * detection_total
+            + torch.exp(-self.identity_log_variance) * identity_total
+            + self.detection_log_variance
+            + self.identity_log_variance
+        )
+
+
+class StudentCriterion(DistillationCriterion):
+    """Loss of :class:`student.model.StudentDetector` outputs against per-image targets
+    (see :class:`DistillationCriterion` for its learnable parts)."""
+
+    def __init__(self, loss_config: LossConfig, model_config: ModelConfig, num_identities: int = 0) -> None:
+        super().__init__(loss_config, model_config, num_identities)
+        self.box_coder = make_box_coder()
+
     def forward(self, outputs: StudentOutputs, targets: Sequence[Mapping[str, Tensor]]) -> LossTerms:
         config = self.loss_config
         batch_size = outputs.class_logits.shape[0]
         if len(targets) != batch_size:
             raise ValueError(f"{batch_size} images but {len(targets)} targets")
-        targets = [self._checked_target(target, outputs.class_logits.device) for target in targets]
+        targets = [self.checked_target(target, outputs.class_logits.device) for target in targets]
         matches = torch.stack(
             [assign_anchors(outputs.anchors, target["boxes"], target["ignore"], config) for target in targets]
         )  # (B, A)
@@ -181,7 +236,7 @@ class StudentCriterion(nn.Module):
         if identity.identity_ce is not None:
             identity_total = identity_total + config.identity_weight * identity.identity_ce
         return LossTerms(
-            total=self._combined(detection_total, identity_total),
+            total=self.combined(detection_total, identity_total),
             classification=classification,
             box_regression=box_regression,
             embedding_l2=identity.embedding_l2,
@@ -254,17 +309,6 @@ class StudentCriterion(nn.Module):
             )
         return losses
 
-    def _combined(self, detection_total: Tensor, identity_total: Tensor) -> Tensor:
-        """The plain weighted sum, or FairMOT's uncertainty weighting of the two sums."""
-        if self.detection_log_variance is None or self.identity_log_variance is None:
-            return detection_total + identity_total
-        return 0.5 * (
-            torch.exp(-self.detection_log_variance) * detection_total
-            + torch.exp(-self.identity_log_variance) * identity_total
-            + self.detection_log_variance
-            + self.identity_log_variance
-        )
-
     @staticmethod
     def _positive_matches(matches: Tensor) -> _PositiveMatches:
         # image-major order, matching the per-image concatenation in _gather_per_box
@@ -281,36 +325,3 @@ class StudentCriterion(nn.Module):
             for image, target in enumerate(targets)
         ]
         return torch.cat(gathered)
-
-    def _checked_target(self, target: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-        for key in ("boxes", "ignore"):
-            if key not in target:
-                raise KeyError(f"target lacks {key!r}")
-        boxes = torch.as_tensor(target["boxes"], dtype=torch.float32, device=device)
-        num_boxes = boxes.shape[0]
-        checked = {
-            "boxes": boxes.reshape(num_boxes, 4),
-            "ignore": torch.as_tensor(target["ignore"], dtype=torch.bool, device=device),
-        }
-        if self.uses_l2:
-            if "embeddings" not in target:
-                raise KeyError("the L2 embedding loss needs target 'embeddings'")
-            embeddings = torch.as_tensor(target["embeddings"], dtype=torch.float32, device=device)
-            if embeddings.ndim != 2 or embeddings.shape[0] != num_boxes:
-                raise ValueError(
-                    f"embeddings must be ({num_boxes}, D_teacher), got {tuple(embeddings.shape)}"
-                )
-            if embeddings.shape[1] < self.embedding_dim:
-                raise ValueError(
-                    f"teacher embeddings have {embeddings.shape[1]} dims, the student "
-                    f"regresses {self.embedding_dim}"
-                )
-            checked["embeddings"] = embeddings
-        if self.uses_identity_ce:
-            if "identities" not in target:
-                raise KeyError("the identity cross-entropy needs target 'identities'")
-            identities = torch.as_tensor(target["identities"], dtype=torch.int64, device=device)
-            if identities.shape != (num_boxes,):
-                raise ValueError(f"identities must be ({num_boxes},), got {tuple(identities.shape)}")
-            checked["identities"] = identities
-        return checked

@@ -23,6 +23,7 @@ LOG_COLUMNS = (
     "box_regression",
     "embedding_l2",
     "identity_ce",
+    "offset_regression",
     "grad_norm",
     "positive_anchors",
     "seconds_per_step",
@@ -34,6 +35,7 @@ _POSTFIX_NAMES = {
     "box_regression": "box",
     "embedding_l2": "l2",
     "identity_ce": "ce",
+    "offset_regression": "off",
     "learning_rate": "lr",
 }
 

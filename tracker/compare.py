@@ -8,7 +8,8 @@ Every tracker runs the same association (``tracker.Tracker``) with the same
 TrackerConfig (``--tracker-config``) on the same frames; only the source of
 detections and embeddings differs (:mod:`tracker.comparison` does the work):
 
-- ``one-stage``: the student checkpoint (``--one-stage``), detections and embeddings in one pass;
+- ``one-stage``: the student checkpoint (``--one-stage PATH``), detections and embeddings in one
+  pass; ``--one-stage LABEL=PATH`` (repeatable, any student family) adds a row named LABEL;
 - ``ce``: a one-stage student trained with identity cross-entropy (``--ce``);
 - ``two-stage``: a detection-only checkpoint (``--two-stage``) + the teacher on each detected crop;
 - ``oracle`` / ``oracle-iou`` (``--oracle``): ground-truth boxes (optionally jittered and
@@ -52,13 +53,14 @@ from tracker.cli import (
     threads_from_args,
     tracker_config_from_args,
 )
-from tracker.comparison import ComparisonConfig, run_comparison
-from tracker.sources import OraclePerturbation
+from tracker.comparison import ComparisonConfig, LabelledCheckpoint, run_comparison
+from tracker.sources import OraclePerturbation, SourceError
 
 COMPARE_DESCRIPTION = """\
 Compare trackers on MOTChallenge sequences with ground truth (TDT Table 1).
 
-Rows: one-stage student (--one-stage), CE-trained student (--ce), two-stage
+Rows: one-stage student (--one-stage PATH; or LABEL=PATH, repeatable, one row
+per label, e.g. retinanet-l2=a.pt centernet-l2=b.pt), CE-trained student (--ce), two-stage
 detector + re-ID teacher on each crop (--two-stage), ground-truth oracle with
 and without teacher embeddings (--oracle), public detections + teacher
 (--public). All run the same association with the same TrackerConfig on the
@@ -93,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="MOTChallenge sequence folders (seqinfo.ini, img1/, gt/gt.txt)",
     )
     parser.add_argument(
-        "--one-stage", type=Path, help="student checkpoint with an embedding head (L2 to teacher)"
+        "--one-stage",
+        nargs="+",
+        action="extend",
+        metavar="[LABEL=]PATH",
+        help="student checkpoint(s) with an embedding head, of any family: PATH (row 'one-stage (L2)') "
+        "and/or LABEL=PATH (a row named LABEL); repeatable",
     )
     parser.add_argument(
         "--two-stage", type=Path, help="detection-only checkpoint; the teacher embeds its crops"
@@ -135,12 +142,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_stage_checkpoints(values: Sequence[str] | None) -> tuple[Path | None, tuple[LabelledCheckpoint, ...]]:
+    """``--one-stage`` values -> (the one unlabelled PATH or None, the LABEL=PATH checkpoints)."""
+    plain: list[Path] = []
+    labelled: list[LabelledCheckpoint] = []
+    for value in values or ():
+        label, separator, path = value.partition("=")
+        if separator and label and path and "/" not in label and "\\" not in label:
+            labelled.append(LabelledCheckpoint(label, Path(path)))
+        else:
+            plain.append(Path(value))
+    if len(plain) > 1:
+        raise SourceError(f"--one-stage: {len(plain)} unlabelled checkpoints; name each row as LABEL=PATH")
+    return (plain[0] if plain else None), tuple(labelled)
+
+
 def config_from_args(args: argparse.Namespace) -> ComparisonConfig:
     """The comparison the arguments describe; bad values fail here, before anything slow is loaded."""
+    one_stage, labelled_one_stage = one_stage_checkpoints(args.one_stage)
     return ComparisonConfig(
         sequences=tuple(args.sequences),
         out=args.out,
-        one_stage=args.one_stage,
+        one_stage=one_stage,
+        labelled_one_stage=labelled_one_stage,
         ce=args.ce,
         two_stage=args.two_stage,
         oracle=args.oracle,

@@ -9,6 +9,7 @@ sequence (:mod:`tracker.run`), scores it (:mod:`tracker.scoring`) and writes the
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,23 @@ if TYPE_CHECKING:
     from teacher import TeacherConfig
 
 StageFactory = Callable[[InputSequence, GroundTruth], DetectionStage]
+FIXED_ROW_KEYS = ("one-stage", "ce", "two-stage", "oracle", "oracle-iou", "public")
+_ROW_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+@dataclass(frozen=True)
+class LabelledCheckpoint:
+    """A one-stage student checkpoint and the row label it gets (also its results folder name)."""
+
+    label: str
+    path: Path
+
+    def __post_init__(self) -> None:
+        if not _ROW_LABEL.fullmatch(self.label) or self.label in FIXED_ROW_KEYS:
+            raise SourceError(
+                f"one-stage label {self.label!r}: use letters, digits, '.', '_', '+', '-' "
+                f"(starting with a letter or digit), and none of {', '.join(FIXED_ROW_KEYS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -52,11 +70,14 @@ class ComparisonConfig:
     ``oracle`` / ``oracle-iou`` (ground-truth boxes, perturbed by ``oracle_perturbation``, with
     teacher embeddings / with none: the association alone) and ``public`` (the sequences'
     ``det/det.txt`` + the teacher). ``teacher`` is needed by the last four.
+    ``labelled_one_stage`` adds one one-stage row per labelled checkpoint, of any student
+    family, after the ``one-stage`` row.
     """
 
     sequences: tuple[Path, ...]
     out: Path
     one_stage: Path | None = None
+    labelled_one_stage: tuple[LabelledCheckpoint, ...] = ()
     ce: Path | None = None
     two_stage: Path | None = None
     oracle: bool = False
@@ -72,10 +93,14 @@ class ComparisonConfig:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        if not (self.one_stage or self.ce or self.needs_teacher):
+        if not (self.one_stage or self.labelled_one_stage or self.ce or self.needs_teacher):
             raise SourceError(
                 "nothing to compare: give --one-stage, --two-stage, --ce, --oracle and/or --public"
             )
+        labels = [item.label for item in self.labelled_one_stage]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise SourceError(f"one-stage label(s) given twice: {', '.join(repeated)}")
 
     @property
     def needs_teacher(self) -> bool:
@@ -185,7 +210,8 @@ def build_entries(
         missing = [item.sequence.name for item in sequences if item.sequence.public_detections_path is None]
         if missing:
             raise SequenceError(f"--public: no det/det.txt in {', '.join(missing)}")
-    for path in (config.one_stage, config.ce, config.two_stage):
+    labelled = [item.path for item in config.labelled_one_stage]
+    for path in (config.one_stage, *labelled, config.ce, config.two_stage):
         if path is not None and not path.is_file():
             raise SourceError(f"{path}: no such checkpoint file")
     teacher = _teacher(config) if config.needs_teacher else None
@@ -196,6 +222,9 @@ def build_entries(
             _student(config.one_stage, config.device, "--one-stage", config.detections_per_image)
         )
         entries.append(TrackerEntry("one-stage", "one-stage (L2)", lambda sequence, truth: one_stage))
+    for item in config.labelled_one_stage:
+        stage = OneStageDetection(_student(item.path, config.device, f"--one-stage {item.label}="))
+        entries.append(TrackerEntry(item.label, item.label, lambda sequence, truth, stage=stage: stage))
     if config.ce is not None:
         ce = OneStageDetection(_student(config.ce, config.device, "--ce", config.detections_per_image))
         entries.append(TrackerEntry("ce", "one-stage (CE)", lambda sequence, truth: ce))

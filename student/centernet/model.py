@@ -1,0 +1,217 @@
+"""CenterNet / FairMOT network: backbone, upsampling neck to stride 4, and four 3x3 -> 1x1 heads.
+
+The neck follows FairMOT's ResNet-FPN variant: from C5, three steps of conv3x3
+-> BN -> ReLU -> transposed conv x2 (initialised to bilinear upsampling) -> BN
+-> ReLU, each followed by adding a 1x1 projection of the backbone map of that
+stride (C4, C3, C2). FairMOT uses deformable convolutions for the 3x3 step; a
+plain convolution is used here, so the model builds wherever torch does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tdt.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+from ..backbones import build_stride4_body
+from ..config import ModelConfig
+
+OUTPUT_STRIDE = 4
+# CenterNet's initial heatmap probability (bias -2.19), higher than RetinaNet's 0.01: one
+# cell per object is positive against ~100 anchors per object there
+HEATMAP_PRIOR = 0.1
+# FairMOT's initialisation of the regression and embedding heads
+REGRESSION_INIT_STD = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class CenterNetOutputs:
+    """Raw head outputs at stride 4 for a batch; boxes and offsets in output-cell units.
+
+    ``box`` holds left, top, right, bottom distances from the object's centre
+    (``box_encoding: ltrb``) or its width and height (``wh``). ``embeddings`` is
+    the dense embedding map when the model ran with ``dense_embeddings``;
+    otherwise the head is evaluated only at the cells asked of
+    :meth:`cell_embeddings`. Both are absent for a detection-only model.
+    """
+
+    heatmap_logits: Tensor  # (B, 1, H, W)
+    box: Tensor  # (B, 4 | 2, H, W)
+    offset: Tensor  # (B, 2, H, W)
+    embeddings: Tensor | None  # (B, D, H, W), raw (not normalised)
+    features: Tensor = dataclasses.field(repr=False)  # (B, C, H, W) neck output the heads read
+    embedding_head: CenterHead | None = dataclasses.field(default=None, repr=False)
+    stride: int = OUTPUT_STRIDE
+    image_size: tuple[int, int] = (0, 0)  # (height, width) of the input batch
+
+    @property
+    def map_size(self) -> tuple[int, int]:
+        return (self.heatmap_logits.shape[-2], self.heatmap_logits.shape[-1])
+
+    @property
+    def has_embeddings(self) -> bool:
+        return self.embedding_head is not None
+
+    def cell_embeddings(self, image_index: Tensor, cell_index: Tensor) -> Tensor:
+        """(K, D) raw embeddings at flat cells ``cell_index`` (K,) of images ``image_index`` (K,)."""
+        if self.embedding_head is None:
+            raise ValueError("this model has no embedding head")
+        if self.embeddings is not None:
+            flat = self.embeddings.flatten(2)  # (B, D, H * W)
+            return flat[image_index, :, cell_index]
+        return self.embedding_head.at_cells(self.features, image_index, cell_index)
+
+
+class CenterHead(nn.Module):
+    """conv3x3 (``width``) -> ReLU -> conv1x1 (``out_channels``), FairMOT's head, with
+    :meth:`at_cells` computing the same output at chosen cells only."""
+
+    def __init__(
+        self, in_channels: int, width: int, out_channels: int, output_bias: float | None = None
+    ) -> None:
+        super().__init__()
+        self.hidden = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.output = nn.Conv2d(width, out_channels, 1)
+        if output_bias is None:
+            for conv in (self.hidden, self.output):
+                nn.init.normal_(conv.weight, std=REGRESSION_INIT_STD)
+                nn.init.zeros_(conv.bias)
+        else:
+            nn.init.constant_(self.output.bias, output_bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.output(torch.relu(self.hidden(features)))
+
+    def at_cells(self, features: Tensor, image_index: Tensor, cell_index: Tensor) -> Tensor:
+        """(K, out_channels): the head's output at cells ``cell_index`` of images ``image_index``.
+
+        An output cell reads the 3x3 window of features around it (zero outside the map),
+        so gathering those windows and applying both convs as matrix products equals the
+        dense head there, at a cost that grows with K instead of the map's area.
+        """
+        width = features.shape[-1]
+        padded = F.pad(features, (1, 1, 1, 1))
+        rows = torch.div(cell_index, width, rounding_mode="floor")
+        columns = cell_index % width
+        offsets = torch.arange(3, device=features.device)
+        window_rows = (rows[:, None] + offsets[None, :])[:, :, None]  # (K, 3, 1), padded coordinates
+        window_columns = (columns[:, None] + offsets[None, :])[:, None, :]  # (K, 1, 3)
+        windows = padded[image_index[:, None, None], :, window_rows, window_columns]  # (K, 3, 3, C)
+        windows = windows.permute(0, 3, 1, 2).flatten(1)  # (K, C * 9) in the conv weight's order
+        hidden = torch.relu(F.linear(windows, self.hidden.weight.flatten(1), self.hidden.bias))
+        return F.linear(hidden, self.output.weight.flatten(1), self.output.bias)
+
+
+def _bilinear_upsampling_(deconv: nn.ConvTranspose2d) -> None:
+    """Initialise a (C, C, 4, 4) stride-2 transposed conv as per-channel bilinear x2 upsampling."""
+    size = deconv.kernel_size[0]
+    factor = (size + 1) // 2
+    centre = factor - 1 if size % 2 == 1 else factor - 0.5
+    taps = 1 - (torch.arange(size, dtype=torch.float32) - centre).abs() / factor
+    kernel = taps[:, None] * taps[None, :]
+    with torch.no_grad():
+        deconv.weight.zero_()
+        for channel in range(min(deconv.in_channels, deconv.out_channels)):
+            deconv.weight[channel, channel] = kernel
+
+
+class UpsamplingStep(nn.Module):
+    """conv3x3 -> BN -> ReLU -> transposed conv x2 -> BN -> ReLU, plus the lateral map."""
+
+    def __init__(self, in_channels: int, out_channels: int, lateral_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+        deconv = nn.ConvTranspose2d(out_channels, out_channels, 4, stride=2, padding=1, bias=False)
+        _bilinear_upsampling_(deconv)
+        self.upsample = nn.Sequential(deconv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+        self.lateral = nn.Conv2d(lateral_channels, out_channels, 1)
+
+    def forward(self, x: Tensor, lateral: Tensor) -> Tensor:
+        upsampled = self.upsample(self.conv(x))
+        # input sizes not divisible by 32: the maps differ by a cell; pad or crop to the lateral's
+        pad_bottom = lateral.shape[-2] - upsampled.shape[-2]
+        pad_right = lateral.shape[-1] - upsampled.shape[-1]
+        if pad_bottom or pad_right:
+            upsampled = F.pad(upsampled, (0, pad_right, 0, pad_bottom))
+        return upsampled + self.lateral(lateral)
+
+
+class UpsamplingBackbone(nn.Module):
+    """Backbone body (C2..C5) and the neck from C5 to a stride-4 map of ``neck_channels[-1]``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.body, (c2, c3, c4, c5) = build_stride4_body(config)
+        widths = config.neck_channels
+        self.steps = nn.ModuleList(
+            [
+                UpsamplingStep(c5, widths[0], c4),
+                UpsamplingStep(widths[0], widths[1], c3),
+                UpsamplingStep(widths[1], widths[2], c2),
+            ]
+        )
+        self.out_channels = widths[2]
+
+    def forward(self, images: Tensor) -> Tensor:
+        maps = self.body(images)
+        x = maps["C5"]
+        for step, lateral in zip(self.steps, ("C4", "C3", "C2"), strict=True):
+            x = step(x, maps[lateral])
+        return x
+
+
+class CenterNetDetector(nn.Module):
+    """Backbone + upsampling neck + heatmap, box, offset and (optionally) embedding heads.
+
+    ``forward`` takes RGB images in [0, 1], (B, 3, H, W), letterboxed to a common size;
+    ImageNet normalisation happens inside, as in the RetinaNet family.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.family != "centernet":
+            raise ValueError(f"CenterNetDetector needs family 'centernet', got {config.family!r}")
+        self.config = config
+        self.backbone = UpsamplingBackbone(config)
+        channels = self.backbone.out_channels
+        prior_bias = -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR)
+        self.heatmap_head = CenterHead(channels, config.head_width, 1, output_bias=prior_bias)
+        box_values = 4 if config.box_encoding == "ltrb" else 2
+        self.box_head = CenterHead(channels, config.head_width, box_values)
+        self.offset_head = CenterHead(channels, config.head_width, 2)
+        self.embedding_head: CenterHead | None = None
+        if config.has_embedding_head:
+            self.embedding_head = CenterHead(channels, config.embedding_head_width, config.embedding_dim)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor, dense_embeddings: bool | None = None) -> CenterNetOutputs:
+        """Head outputs; the embedding head runs on the whole map only with ``dense_embeddings``
+        (default: ``config.dense_embeddings``), otherwise at the cells the reader asks for."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        features = self.backbone((images - self.pixel_mean) / self.pixel_std)
+        if dense_embeddings is None:
+            dense_embeddings = self.config.dense_embeddings
+        embeddings = None
+        if self.embedding_head is not None and dense_embeddings:
+            embeddings = self.embedding_head(features)
+        return CenterNetOutputs(
+            heatmap_logits=self.heatmap_head(features),
+            box=self.box_head(features),
+            offset=self.offset_head(features),
+            embeddings=embeddings,
+            features=features,
+            embedding_head=self.embedding_head,
+            stride=OUTPUT_STRIDE,
+            image_size=(images.shape[-2], images.shape[-1]),
+        )
