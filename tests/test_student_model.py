@@ -97,7 +97,9 @@ def test_every_configurable_family_has_a_registry_entry_and_the_registry_builds_
         return torch.nn.Module()
 
     monkeypatch.setitem(
-        families.FAMILIES, "retinanet", families.ModelFamily("retinanet", detector, criterion, families.FAMILIES["retinanet"].postprocess)
+        families.FAMILIES,
+        "retinanet",
+        families.ModelFamily("retinanet", detector, criterion, families.FAMILIES["retinanet"].postprocess),
     )
     families.build_criterion(LossConfig(), small_config(), num_identities=7)
     with pytest.warns(UserWarning, match="randomly initialised"):

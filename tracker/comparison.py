@@ -223,7 +223,9 @@ def build_entries(
         )
         entries.append(TrackerEntry("one-stage", "one-stage (L2)", lambda sequence, truth: one_stage))
     for item in config.labelled_one_stage:
-        stage = OneStageDetection(_student(item.path, config.device, f"--one-stage {item.label}="))
+        stage = OneStageDetection(
+            _student(item.path, config.device, f"--one-stage {item.label}=", config.detections_per_image)
+        )
         entries.append(TrackerEntry(item.label, item.label, lambda sequence, truth, stage=stage: stage))
     if config.ce is not None:
         ce = OneStageDetection(_student(config.ce, config.device, "--ce", config.detections_per_image))
