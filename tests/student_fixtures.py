@@ -24,8 +24,22 @@ from pipeline.shards import (
     write_manifest,
     write_shard,
 )
+from student.config import ModelConfig
 
 PETS_WIDTH, PETS_HEIGHT = 768, 576
+# A student small enough to train a few steps in a test (random backbone weights).
+TINY_MODEL = ModelConfig(
+    backbone="mobilenet_v2_fpn",
+    fpn_channels=32,
+    head_width=32,
+    head_depth=1,
+    embedding_dim=16,
+    embedding_head="per_location",
+    embedding_head_width=32,
+    input_height=128,
+    input_width=160,
+)
+
 BUSY_PETS_FRAMES = (133, 150, 200, 250)
 
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from student_fixtures import write_pets_shard_dir
+from student_fixtures import TINY_MODEL, write_pets_shard_dir
 
 from pipeline.datasets import DatasetWarning, load_manifest, read_records
 from pipeline.datasets.motchallenge import read_ground_truth
@@ -30,7 +30,6 @@ from pipeline.shards.manifest import sha256_file
 from pipeline.verify import main as verify_main
 from pipeline.verify import verify_directory
 from student.checkpoint import CheckpointError, CheckpointKeeper, TrainingCheckpoint, load_checkpoint
-from student.config import ModelConfig
 from student.data import DatasetOptions, StudentDataError, StudentDataset, read_image
 from student.families import build_student
 from student.recipe import CONFIGS_DIR
@@ -39,17 +38,6 @@ from student.sources import ShardSource
 REPO = Path(__file__).resolve().parents[1]
 FIRST_SHARD = "shard-00000.parquet"
 SECOND_SHARD = "shard-00001.parquet"
-TINY_MODEL = ModelConfig(
-    backbone="mobilenet_v2_fpn",
-    fpn_channels=32,
-    head_width=32,
-    head_depth=1,
-    embedding_dim=16,
-    embedding_head="per_location",
-    embedding_head_width=32,
-    input_height=128,
-    input_width=160,
-)
 
 
 # ---- helpers ---------------------------------------------------------------------------------

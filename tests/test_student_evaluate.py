@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from student_fixtures import BUSY_PETS_FRAMES, write_pets_shard_dir
+from student_fixtures import TINY_MODEL as TINY_STUDENT
 
 from student.checkpoint import TrainingCheckpoint, save_checkpoint
 from student.config import ModelConfig
@@ -19,18 +21,7 @@ from student.recipe import DataConfig, TrainConfig
 from student.selection import select_images
 from student.sources import ShardSource
 
-TINY_MODEL = ModelConfig(
-    backbone="mobilenet_v2_fpn",
-    fpn_channels=32,
-    head_width=32,
-    head_depth=1,
-    embedding_dim=16,
-    embedding_head="per_location",
-    embedding_head_width=32,
-    input_height=128,
-    input_width=160,
-    score_thresh=0.0,
-)
+TINY_MODEL = dataclasses.replace(TINY_STUDENT, score_thresh=0.0)
 # three people side by side, and one more frame with a single person
 FRAME_BOXES = np.array([[0, 0, 10, 30], [20, 0, 30, 30], [40, 0, 50, 30]], dtype=np.float64)
 

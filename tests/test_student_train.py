@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
-from student_fixtures import BUSY_PETS_FRAMES, pets_records, write_pets_shard_dir, write_shard_dir
+from student_fixtures import BUSY_PETS_FRAMES, TINY_MODEL, pets_records, write_pets_shard_dir, write_shard_dir
 
 import student
 from pipeline.distill import main as distill_main
@@ -49,17 +49,6 @@ from student.train import build_parser, main, parse_shard_argument, recipe_from_
 pytestmark = pytest.mark.filterwarnings("ignore:.*validation images are also training images:UserWarning")
 REPO = Path(__file__).resolve().parents[1]
 PETS_DISTILL_COMMAND = "python -m pipeline.distill --dataset pets09-s2l1-half1 --teacher osnet_x0_25"
-TINY_MODEL = ModelConfig(
-    backbone="mobilenet_v2_fpn",
-    fpn_channels=32,
-    head_width=32,
-    head_depth=1,
-    embedding_dim=16,
-    embedding_head="per_location",
-    embedding_head_width=32,
-    input_height=128,
-    input_width=160,
-)
 
 
 @pytest.fixture(scope="module")
