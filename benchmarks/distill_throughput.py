@@ -251,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_all(args, dataset, cores: int) -> tuple[list[Row], dict[str, float]]:
     rows: list[Row] = []
-    bare_pre, bare_stages = None, {}
+    bare_pre, bare_stages, pixels = None, {}, None
     for name in args.teachers:
         teacher, weights = _teacher(name, args.batch_size)
-        if bare_pre is None:  # the same for every teacher: same input size, mean and std
+        if pixels is None:  # the same for every teacher: same input size, mean and std
             bare_pre, bare_stages = bare_preprocessing(dataset, teacher.config, cores)
-        bare = bare_teacher_boxes_per_second(teacher, all_pixels(teacher, dataset))
+            pixels = all_pixels(teacher, dataset)
+        bare = bare_teacher_boxes_per_second(teacher, pixels)
         runs = [(fmt, DEFAULT_LAYOUT, args.workers) for fmt in args.formats]
         if args.preprocess_workers:
             runs.append((args.formats[0], GPU_LAYOUT, args.preprocess_workers))

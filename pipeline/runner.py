@@ -267,7 +267,7 @@ def _run_jobs(
         # Load the teacher on every worker first: a bad weights file fails here, once, and
         # the shard timings below measure the work itself.
         first = jobs[0]
-        readiness = client.run(warm_up_worker, first.teacher_config, first.allow_random_teacher)
+        readiness = client.run(warm_up_worker, first.teacher_config, first.allow_random_teacher, first.format)
         _warn_about_thread_arenas(readiness)
         timing.setup_seconds = time.perf_counter() - started
         started = time.perf_counter()

@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.stages import ResourceUse, StageTimes
-from pipeline.worker import ShardEmbedder, ShardJob, ShardResult, image_pixels, write_shard_file
+from pipeline.worker import (
+    ShardEmbedder,
+    ShardJob,
+    ShardResult,
+    image_pixels,
+    load_shard_writer,
+    write_shard_file,
+)
 from tdt.process import configure_worker_process
 from teacher import Teacher, TeacherConfig
 from teacher.preprocess import Preprocessor
@@ -94,6 +101,8 @@ def run_with_preprocess_workers(
     try:
         # Start every worker (spawned processes import torch, cv2 and PIL) before timing the work.
         wait([pool.submit(_ready) for _ in range(workers)])
+        if jobs:
+            writer.submit(load_shard_writer, jobs[0].format).result()
         setup_seconds = time.perf_counter() - started
         started, used_before = time.perf_counter(), ResourceUse.now()
         loop = _TeacherLoop(pool, writer, teacher, workers * SHARDS_IN_FLIGHT_PER_WORKER, progress)

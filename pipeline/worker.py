@@ -86,10 +86,27 @@ class WorkerReadiness:
     single_arena: bool  # started with tdt.malloc.SINGLE_ARENA_ENVIRONMENT (else: page faults per batch)
 
 
-def warm_up_worker(config: TeacherConfig, allow_random: bool) -> WorkerReadiness:
-    """Build this worker process's teacher before any task arrives (run on every worker by the driver)."""
+def warm_up_worker(config: TeacherConfig, allow_random: bool, fmt: str) -> WorkerReadiness:
+    """Build this worker process's teacher and load its shard writer before any task arrives.
+
+    The driver runs it on every worker, so a bad weights file fails once and the shard tasks'
+    timings measure the work itself.
+    """
     teacher = _worker_teacher(config, allow_random)
+    load_shard_writer(fmt)
     return WorkerReadiness(teacher.fingerprint_id(), started_with_single_arena())
+
+
+def load_shard_writer(fmt: str) -> None:
+    """Encode an empty shard in memory: what the encoder loads on first use is loaded now.
+
+    pyarrow imports pandas the first time it converts a Python list (about half a second), which
+    would otherwise land on the first shard every worker process writes.
+    """
+    if fmt == "parquet":
+        from pipeline.shards import parquet_format
+
+        parquet_format.encode(ShardTable.from_records([], 1, "float16"), {})
 
 
 def decode_image(root: Path, record: ImageRecord) -> np.ndarray:
