@@ -16,6 +16,7 @@ in their main thread and need no teacher. The teacher keeps the caller's device 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -100,7 +101,9 @@ def run_with_preprocess_workers(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
     try:
         # Start every worker (spawned processes import torch, cv2 and PIL) before timing the work.
-        wait([pool.submit(_ready) for _ in range(workers)])
+        started_workers: set[int] = set()
+        while len(started_workers) < workers:
+            started_workers.update(f.result() for f in [pool.submit(_process_id) for _ in range(workers)])
         if jobs:
             writer.submit(load_shard_writer, jobs[0].format).result()
         setup_seconds = time.perf_counter() - started
@@ -119,8 +122,9 @@ def run_with_preprocess_workers(
         writer.shutdown(wait=True)
 
 
-def _ready() -> bool:
-    return True
+def _process_id() -> int:
+    time.sleep(0.05)  # long enough for the other workers to take a task of their own
+    return os.getpid()
 
 
 class _TeacherLoop:

@@ -6,7 +6,11 @@ first task sets the process up for this work (:func:`tdt.process.configure_worke
 one torch and one OpenCV thread, since the processes share out the cores; glibc keeps
 freed memory): a worker process exists to run these tasks. In the driver the caller's
 teacher is used and the process is left as it is. Image decoding and cropping run in a
-background thread, overlapping the teacher's forward pass (cv2 and torch both release the GIL).
+background thread, overlapping the teacher's forward pass (cv2, PIL and torch release the GIL).
+
+:class:`ShardEmbedder` and :func:`write_shard_file` are shared with the teacher-process layout
+(:mod:`pipeline.teacher_process`), so every layout batches and writes a shard the same way.
+Every task records where its time went (:mod:`pipeline.stages`).
 """
 
 from __future__ import annotations
