@@ -1,134 +1,286 @@
-"""Distillation throughput: whole pipeline vs the bare teacher, on the same real crops.
+"""Distillation throughput against its bound: bare teacher, bare pre-processing, pipeline.
 
-    python benchmarks/distill_throughput.py [--frames 120] [--teachers osnet_x0_25 osnet_x1_0]
+    python benchmarks/distill_throughput.py            # 200 PETS09 frames, 3 teachers, 2 formats
+    python benchmarks/distill_throughput.py --quick    # 40 frames: a two-minute check
 
-For each teacher and shard format, in one run:
-- bare teacher: a tight loop of ``embed_tensor`` over pre-cut, pre-processed
-  batches of every box (torch using all cores), boxes/s;
-- pipeline: ``pipeline.runner.distill`` on the same images (read, decode, crop,
-  teacher, write shards; Dask LocalCluster, one torch thread per worker), boxes/s
-  measured from the first task submitted to the last shard written (workers
-  already started, teacher loaded), and end to end including the cluster's
-  start and the teacher load in every worker.
-Random teacher weights are used (timing only). The last line is
-``distill efficiency: <ratio>`` for osnet_x1_0 with Parquet (steady state).
+For every teacher, in one run, on the same real PETS09 boxes:
+- bare teacher: a tight loop of ``embed_tensor`` over pre-cut, pre-normalised batches
+  (torch using every core), boxes/s;
+- bare pre-processing: decode + crop + resize + normalise of the same boxes, no teacher, in one
+  spawned process per core (started before the clock), boxes/s;
+- bound: the best rate when both share the cores, 1 / (1/teacher + 1/pre-processing);
+- pipeline: ``pipeline.runner.distill`` on the same images (decode, crop, teacher, write
+  shards) from the first task submitted to the last shard written, workers already started,
+  for each shard format with the default layout (Dask LocalCluster, one process per core), and
+  for Parquet with the GPU layout too (``--preprocess-workers``: pre-processing processes
+  feeding this process's teacher);
+- the ratios pipeline / bare teacher and pipeline / bound, and the pipeline's time per box and
+  stage (see ``pipeline.stages``), CPU time and page faults per box.
+
+osnet_x0_25 and mobilenetv2_imagenet use the shared real weights when present; osnet_x1_0
+(no weights available here) is randomly initialised: its rows are timings only. The last line
+is ``distill efficiency: <pipeline / bare teacher> (<pipeline / bound> of bound)`` for
+osnet_x1_0 with Parquet and the default layout.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+SHARED = Path(os.environ.get("TDT_SHARED_DATA", REPO.parent / "shared" / "data"))
+WEIGHTS = {
+    "osnet_x0_25": SHARED / "weights" / "osnet_x0_25_msmt17.pth",
+    "mobilenetv2_imagenet": SHARED / "weights" / "mobilenet_v2_imagenet_features.pt",
+}
+TEACHERS = ("osnet_x0_25", "osnet_x1_0", "mobilenetv2_imagenet")
+DEFAULT_LAYOUT, GPU_LAYOUT = "dask", "teacher-process"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    teacher: str
+    weights: str
+    format: str
+    layout: str
+    bare_teacher: float
+    bare_pre: float
+    pipeline: float
+    boxes: int
+    report: object  # pipeline.runner.DistillReport
+
+    @property
+    def bound(self) -> float:
+        return 1.0 / (1.0 / self.bare_teacher + 1.0 / self.bare_pre)
+
 
 def _pets_frames(frames: int):
     """The first ``frames`` images of the PETS09 half (a LoadedDataset cut to size)."""
-    import dataclasses
-
     from pipeline import datasets
     from pipeline.job import DatasetSelection, load_dataset
 
-    dataset = load_dataset(DatasetSelection("pets09-s2l1-half1", split="all"))
+    dataset = load_dataset(
+        DatasetSelection("pets09-s2l1-half1", split="all", root=SHARED / "PETS09-S2L1-half1")
+    )
     records = dataset.records[:frames]
     return dataclasses.replace(
         dataset, records=records, source_bytes=datasets.check_images_exist(records, dataset.root)
     )
 
 
-def bare_teacher_boxes_per_second(teacher, root: Path, records, repeats: int = 1) -> float:
-    import cv2
-    import torch
+def _teacher(name: str, batch_size: int):
+    from teacher import TeacherConfig, build_teacher
 
-    crops = []
-    for record in records:
-        keep = ~record.ignore
-        if keep.any():
-            image = cv2.imread(str(root / record.image))
-            crops.append(teacher.preprocess_crops(image, record.boxes[keep]))
+    weights = WEIGHTS.get(name)
+    weights = weights if weights is not None and weights.is_file() else None
+    config = TeacherConfig(name=name, weights=weights, batch_size=batch_size)
+    label = weights.name if weights else "random (timing only)"
+    return build_teacher(config, allow_random_weights=weights is None), label
+
+
+def bare_teacher_boxes_per_second(teacher, pixels) -> float:
+    """Pre-cut, pre-normalised batches through ``embed_tensor`` (pixels: uint8 (N, H, W, 3))."""
     batch_size = teacher.config.batch_size
-    everything = torch.cat(crops)
-    batches = [everything[i : i + batch_size] for i in range(0, len(everything), batch_size)]
+    batches = [teacher.normalise(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
     teacher.embed_tensor(batches[0])  # warm-up
     started = time.perf_counter()
-    for _ in range(repeats):
-        for batch in batches:
-            teacher.embed_tensor(batch)
-    return repeats * len(everything) / (time.perf_counter() - started)
+    for batch in batches:
+        teacher.embed_tensor(batch)
+    return len(pixels) / (time.perf_counter() - started)
 
 
-def pipeline_boxes_per_second(teacher, dataset, fmt, workers, shard_size):
+def _preprocess_part(root: str, records, config) -> tuple[int, dict[str, float]]:
+    """Decode, crop, resize and normalise ``records`` (runs in a worker process)."""
+    import torch
+
+    from pipeline.stages import StageTimes
+    from pipeline.worker import image_pixels
+    from teacher.preprocess import Preprocessor
+
+    preprocessor = Preprocessor(config.input_size, config.mean, config.std)
+    stages, boxes = StageTimes(), 0
+    for record in records:
+        pixels = image_pixels(Path(root), record, preprocessor.pixels, stages)
+        if pixels is not None:
+            with stages.timing("normalise"):
+                preprocessor.normalise(torch.from_numpy(pixels))
+            boxes += len(pixels)
+    return boxes, stages.seconds
+
+
+def bare_preprocessing(dataset, config, processes: int) -> tuple[float, dict[str, float]]:
+    """Boxes/s of decode + crop + resize + normalise in ``processes`` spawned processes, and stage seconds."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    from pipeline.stages import total_stage_seconds
+    from tdt.process import configure_worker_process
+
+    records = list(dataset.records)
+    parts = [records[i :: processes * 4] for i in range(processes * 4)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=configure_worker_process) as pool:
+        wait(
+            [pool.submit(_preprocess_part, str(dataset.root), parts[0][:1], config) for _ in range(processes)]
+        )
+        started = time.perf_counter()
+        done = list(
+            pool.map(_preprocess_part, [str(dataset.root)] * len(parts), parts, [config] * len(parts))
+        )
+        seconds = time.perf_counter() - started
+    return sum(b for b, _ in done) / seconds, total_stage_seconds(s for _, s in done)
+
+
+def all_pixels(teacher, dataset):
+    import numpy as np
+
+    from pipeline.stages import StageTimes
+    from pipeline.worker import image_pixels
+
+    parts = [image_pixels(dataset.root, r, teacher.pixels, StageTimes()) for r in dataset.records]
+    return np.concatenate([p for p in parts if p is not None])
+
+
+def pipeline_run(teacher, dataset, fmt: str, layout: str, workers: int, shard_size: int):
     from pipeline.job import ShardOutput, distill_request
     from pipeline.runner import ClusterConfig, distill
 
+    cluster = (
+        ClusterConfig(workers=workers)
+        if layout == DEFAULT_LAYOUT
+        else ClusterConfig(preprocess_workers=workers)
+    )
     with tempfile.TemporaryDirectory() as out:
         output = ShardOutput(out_dir=Path(out) / "shards", format=fmt, shard_size=shard_size)
         request = distill_request(dataset, output, teacher_name=teacher.name, allow_random_teacher=True)
-        started = time.perf_counter()
-        report = distill(request, teacher, ClusterConfig(workers=workers))
-        end_to_end = time.perf_counter() - started
-    boxes = report.boxes_embedded_now
-    return boxes / report.seconds, boxes / end_to_end, boxes
+        return distill(request, teacher, cluster)
 
 
-def main(argv: list[str] | None = None) -> int:
+def print_table(rows: list[Row]) -> None:
+    print(
+        f"{'teacher':<21}{'format':<8}{'layout':<16}{'teacher':>8}{'pre':>8}{'bound':>8}{'pipeline':>9}"
+        f"{'pipe/teacher':>13}{'pipe/bound':>11}   (boxes/s)"
+    )
+    for r in rows:
+        print(
+            f"{r.teacher:<21}{r.format:<8}{r.layout:<16}{r.bare_teacher:>8.1f}{r.bare_pre:>8.1f}{r.bound:>8.1f}"
+            f"{r.pipeline:>9.1f}{r.pipeline / r.bare_teacher:>13.2f}{r.pipeline / r.bound:>11.2f}"
+        )
+
+
+def print_profile(rows: list[Row], bare_stages: dict[str, float], bare_boxes: int) -> None:
+    from pipeline.stages import format_per_box
+
+    print("\nbare pre-processing, ms per box (summed over its processes):")
+    print("  " + format_per_box(bare_stages, bare_boxes))
+    print("pipeline, ms per box per stage (summed over threads and processes), CPU time and page faults:")
+    for r in rows:
+        use = r.report.resources
+        print(
+            f"  {r.teacher} {r.format} {r.layout}: user {1000 * use.user_seconds / r.boxes:.2f} ms, "
+            f"system {1000 * use.system_seconds / r.boxes:.2f} ms, {use.minor_faults / r.boxes:.0f} minor faults"
+        )
+        print("    " + format_per_box(r.report.stages, r.boxes))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=200, help="PETS09 frames to use (about 6 boxes each)")
-    parser.add_argument("--teachers", nargs="+", default=["osnet_x0_25", "osnet_x1_0"])
-    parser.add_argument("--formats", nargs="+", default=["parquet", "hdf5"])
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--quick", action="store_true", help="40 frames (about 240 boxes): a two-minute check"
+    )
+    parser.add_argument("--frames", type=int, help="PETS09 frames to use, about 6 boxes each (default 200)")
+    parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=TEACHERS)
+    parser.add_argument("--formats", nargs="+", default=["parquet", "hdf5"], choices=["parquet", "hdf5"])
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 2, help="Dask workers (default: cores)"
+    )
+    parser.add_argument(
+        "--preprocess-workers",
+        type=int,
+        default=1,
+        help="pre-processing processes of the teacher-process layout (0: skip that layout)",
+    )
     parser.add_argument(
         "--shard-size", type=int, default=8, help="images per shard (small: balanced workers)"
     )
     parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args(argv)
+    return parser
 
-    import warnings
 
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    frames = args.frames or (40 if args.quick else 200)
     import torch
 
     from tdt.process import configure_for_cli
-    from teacher import RandomTeacherWeightsWarning, TeacherConfig, build_teacher
+    from teacher import RandomTeacherWeightsWarning
 
-    # Random weights are the point here (timing only); workers inherit this through the env.
+    # Random weights are the point for osnet_x1_0 (timing only); workers inherit this through the env.
     warnings.simplefilter("ignore", RandomTeacherWeightsWarning)
     os.environ["PYTHONWARNINGS"] = "ignore::UserWarning"
-
-    configure_for_cli(torch_threads=os.cpu_count() or 2)
-    dataset = _pets_frames(args.frames)
-    records = dataset.records
+    cores = os.cpu_count() or 2
+    configure_for_cli(torch_threads=cores)
+    dataset = _pets_frames(frames)
+    boxes = sum(r.num_embeddable for r in dataset.records)
     print(
-        f"{len(records)} PETS09 frames, {sum(r.num_embeddable for r in records)} boxes, "
-        f"{args.workers} workers, torch {torch.__version__}, {os.cpu_count()} cores"
+        f"{len(dataset.records)} PETS09 frames, {boxes} boxes, {cores} cores, torch {torch.__version__}, "
+        f"{args.workers} Dask workers, teacher process + {args.preprocess_workers} pre-processing processes, "
+        f"load average {os.getloadavg()[0]:.2f} at start",
+        flush=True,
     )
-    print(
-        f"{'teacher':<12} {'format':<8} {'bare box/s':>10} {'pipe box/s':>10} {'e2e box/s':>10} "
-        f"{'ratio':>6} {'e2e ratio':>9}"
-    )
-    efficiency = None
-    for name in args.teachers:
-        config = TeacherConfig(name=name, weights=None, batch_size=args.batch_size)
-        teacher = build_teacher(config, allow_random_weights=True)
-        bare = bare_teacher_boxes_per_second(teacher, dataset.root, records)
-        for fmt in args.formats:
-            steady, end_to_end, _ = pipeline_boxes_per_second(
-                teacher, dataset, fmt, args.workers, args.shard_size
-            )
+    rows, bare_stages = run_all(args, dataset, cores)
+    print_table(rows)
+    print_profile(rows, bare_stages, boxes)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    for r in rows:
+        if r.teacher == "osnet_x1_0" and r.format == "parquet" and r.layout == DEFAULT_LAYOUT:
             print(
-                f"{name:<12} {fmt:<8} {bare:>10.1f} {steady:>10.1f} {end_to_end:>10.1f} "
-                f"{steady / bare:>6.2f} {end_to_end / bare:>9.2f}",
+                f"distill efficiency: {r.pipeline / r.bare_teacher:.2f} ({r.pipeline / r.bound:.2f} of bound)"
+            )
+    return 0
+
+
+def run_all(args, dataset, cores: int) -> tuple[list[Row], dict[str, float]]:
+    rows: list[Row] = []
+    bare_pre, bare_stages, pixels = None, {}, None
+    for name in args.teachers:
+        teacher, weights = _teacher(name, args.batch_size)
+        if pixels is None:  # the same for every teacher: same input size, mean and std
+            bare_pre, bare_stages = bare_preprocessing(dataset, teacher.config, cores)
+            pixels = all_pixels(teacher, dataset)
+        bare = bare_teacher_boxes_per_second(teacher, pixels)
+        runs = [(fmt, DEFAULT_LAYOUT, args.workers) for fmt in args.formats]
+        if args.preprocess_workers:
+            runs.append((args.formats[0], GPU_LAYOUT, args.preprocess_workers))
+        for fmt, layout, workers in runs:
+            report = pipeline_run(teacher, dataset, fmt, layout, workers, args.shard_size)
+            row = Row(
+                name,
+                weights,
+                fmt,
+                layout,
+                bare,
+                bare_pre,
+                report.boxes_per_second,
+                report.boxes_embedded_now,
+                report,
+            )
+            rows.append(row)
+            print(
+                f"  {name} ({weights}) {fmt} {layout}: teacher {bare:.1f}, pipeline {row.pipeline:.1f} boxes/s "
+                f"({row.pipeline / bare:.2f} of teacher, {row.pipeline / row.bound:.2f} of bound)",
                 flush=True,
             )
-            if name == "osnet_x1_0" and fmt == "parquet":
-                efficiency = steady / bare
-    if efficiency is not None:
-        print(f"distill efficiency: {efficiency:.2f}")
-    return 0
+    return rows, bare_stages
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.job import DatasetSelection, DistillConfig, ShardOutput, prepare_distillation
 from pipeline.runner import ClusterConfig, DistillReport, DistillRequest, distill
 from pipeline.shards.schema import DTYPES, FORMATS
+from pipeline.stages import format_per_box
 from tdt.process import configure_for_cli
 from teacher import TeacherError, add_teacher_arguments, teacher_config_from_args
 
@@ -79,6 +80,15 @@ def _add_compute_arguments(parser: argparse.ArgumentParser) -> None:
         "0 runs in this process without Dask, with this process's torch threads",
     )
     compute.add_argument(
+        "--preprocess-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of Dask: N processes decode, crop and resize, and this process runs the teacher "
+        "(--device, large --batch-size) on their crops and writes the shards; the layout for a GPU "
+        "(default %(default)s: off)",
+    )
+    compute.add_argument(
         "--scheduler",
         help="address of an existing Dask scheduler (e.g. tcp://10.0.0.5:8786 or tls://…) instead of a LocalCluster; "
         "its workers must see the dataset root and --out at the same paths",
@@ -118,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
         ),
         cluster=ClusterConfig(
             workers=args.workers,
+            preprocess_workers=args.preprocess_workers,
             scheduler=args.scheduler,
             tls_ca_file=args.tls_ca_file,
             tls_cert=args.tls_cert,
@@ -186,6 +197,15 @@ def format_summary(report: DistillReport) -> str:
         f"source images ({m.format}, {m.dtype}, dim {m.embedding_dim})",
         f"teacher     {m.teacher.get('architecture', '?')} {m.teacher_id}",
     ]
+    boxes = report.boxes_embedded_now
+    if boxes:
+        use = report.resources
+        lines += [
+            f"layout      {report.layout}",
+            f"per box     {format_per_box(report.stages, boxes)}",
+            f"            CPU user {1000 * use.user_seconds / boxes:.2f} ms, system "
+            f"{1000 * use.system_seconds / boxes:.2f} ms, {use.minor_faults / boxes:.0f} page faults",
+        ]
     return "\n".join(lines)
 
 

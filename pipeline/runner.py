@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +23,48 @@ from pipeline.plan import (
 )
 from pipeline.records import ImageRecord
 from pipeline.shards.manifest import DatasetInfo, ShardEntry, ShardManifest, write_manifest
-from pipeline.worker import ShardJob, ShardResult, run_shard_job, warm_up_worker
+from pipeline.stages import ResourceUse, total_stage_seconds
+from pipeline.worker import ShardJob, ShardResult, WorkerReadiness, run_shard_job, warm_up_worker
+from tdt.malloc import SINGLE_ARENA_ENVIRONMENT
 from teacher import Teacher
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Where tasks run. ``scheduler`` None starts a LocalCluster of ``workers`` processes."""
+    """Where tasks run.
+
+    ``preprocess_workers`` > 0: that many local processes decode, crop and resize, and the
+    calling process runs the teacher (:mod:`pipeline.teacher_process`; the layout for a GPU).
+    Otherwise Dask: ``scheduler`` None starts a LocalCluster of ``workers`` processes, each
+    running whole shards with a teacher of its own; ``workers`` 0 runs them in this process.
+    """
 
     workers: int = 2
+    preprocess_workers: int = 0
     scheduler: str | None = None
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     connect_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "preprocess_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise PipelineError(f"--{name.replace('_', '-')} must be a whole number >= 0, got {value!r}")
+        if self.preprocess_workers and self.scheduler is not None:
+            raise PipelineError(
+                "--preprocess-workers runs pre-processing processes on this machine next to its teacher; "
+                "it cannot be combined with --scheduler"
+            )
+
+    @property
+    def layout(self) -> str:
+        if self.preprocess_workers:
+            return f"teacher process + {self.preprocess_workers} pre-processing processes"
+        if self.scheduler is not None:
+            return f"Dask cluster at {self.scheduler}"
+        return f"Dask LocalCluster, {self.workers} workers" if self.workers else "in process"
 
 
 @dataclass(frozen=True)
@@ -65,6 +95,9 @@ class DistillReport:
     setup_seconds: float = 0.0
     teacher_seconds: float = 0.0
     worker_seconds: float = 0.0
+    layout: str = ""  # ClusterConfig.layout
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, all shards (pipeline.stages)
+    resources: ResourceUse = ResourceUse()  # CPU time and page faults of the processes that ran the shards
     extra: dict = field(default_factory=dict)
 
     @property
@@ -81,6 +114,8 @@ class _Timing:
 
     setup_seconds: float = 0.0
     compute_seconds: float = 0.0
+    teacher_process: ResourceUse = ResourceUse()  # the calling process's own use, when shards ran elsewhere
+    between_tasks: float = 0.0  # Dask task slots without a task: scheduling, transfers, idle at the end
 
 
 def distill(
@@ -125,7 +160,17 @@ def distill(
         boxes_embedded_now=sum(r.entry.embeddings for r in results),
         teacher_seconds=sum(r.teacher_seconds for r in results),
         worker_seconds=sum(r.seconds for r in results),
+        layout=cluster.layout,
+        stages=_run_stages(results, timing),
+        resources=sum((r.resources for r in results), timing.teacher_process),
     )
+
+
+def _run_stages(results: list[ShardResult], timing: _Timing) -> dict[str, float]:
+    stages = total_stage_seconds(r.stages for r in results)
+    if timing.between_tasks:
+        stages["dask"] = timing.between_tasks
+    return stages
 
 
 def _run_identity(request: DistillRequest, teacher: Teacher) -> RunIdentity:
@@ -200,6 +245,13 @@ def _run_jobs(
     timing: _Timing,
 ) -> list[ShardResult]:
     started = time.perf_counter()
+    if cluster.preprocess_workers:
+        from pipeline.teacher_process import run_with_preprocess_workers
+
+        run = run_with_preprocess_workers(jobs, teacher, cluster.preprocess_workers, progress)
+        timing.setup_seconds, timing.compute_seconds = run.setup_seconds, run.compute_seconds
+        timing.teacher_process = run.teacher_process
+        return run.results
     if cluster.scheduler is None and cluster.workers == 0:
         results = []
         for job in jobs:
@@ -215,7 +267,8 @@ def _run_jobs(
         # Load the teacher on every worker first: a bad weights file fails here, once, and
         # the shard timings below measure the work itself.
         first = jobs[0]
-        client.run(warm_up_worker, first.teacher_config, first.allow_random_teacher)
+        readiness = client.run(warm_up_worker, first.teacher_config, first.allow_random_teacher, first.format)
+        _warn_about_thread_arenas(readiness)
         timing.setup_seconds = time.perf_counter() - started
         started = time.perf_counter()
         # Largest shards first: fewer idle workers at the end of the run.
@@ -240,11 +293,13 @@ def _run_jobs(
         finally:
             client.cancel([f for f in futures if not f.done()])
         timing.compute_seconds = time.perf_counter() - started
+        task_slots = sum(client.nthreads().values())
+        timing.between_tasks = max(0.0, task_slots * timing.compute_seconds - sum(r.seconds for r in results))
         return results
 
 
 def _client(cluster: ClusterConfig):
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
     if cluster.scheduler is not None:
         security = None
@@ -261,32 +316,75 @@ def _client(cluster: ClusterConfig):
             return Client(cluster.scheduler, security=security, timeout=cluster.connect_timeout_s)
         except OSError as error:
             raise PipelineError(f"cannot reach the Dask scheduler at {cluster.scheduler}: {error}") from error
-    local = LocalCluster(
-        n_workers=max(1, cluster.workers),
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        host="127.0.0.1",
-        # Task errors reach us through future.result(); worker log noise at shutdown (closed
-        # heartbeat streams) would only confuse the summary.
-        silence_logs=logging.CRITICAL,
-    )
-    return _OwningClient(local)
+    return _OwningClient(cluster.workers)
+
+
+def _warn_about_thread_arenas(readiness: dict[str, WorkerReadiness]) -> None:
+    slow = sorted(address for address, ready in readiness.items() if not ready.single_arena)
+    if slow:
+        warnings.warn(
+            f"{len(slow)} Dask worker(s) ({', '.join(slow[:3])}) were started without "
+            f"{_environment_text()}: their teacher allocates each batch's activations anew "
+            f"(page faults in the kernel). Start the workers with `{_environment_text()} dask worker ...`.",
+            SlowWorkerWarning,
+            stacklevel=3,
+        )
+
+
+def _environment_text() -> str:
+    return " ".join(f"{k}={v}" for k, v in SINGLE_ARENA_ENVIRONMENT.items())
+
+
+class SlowWorkerWarning(UserWarning):
+    """A Dask worker is set up in a way that is known to slow the teacher down."""
 
 
 class _OwningClient:
-    """A Client that closes its LocalCluster with it."""
+    """A Client on a LocalCluster of its own, closed with it.
 
-    def __init__(self, local):
-        from dask.distributed import Client
+    The workers are started with one glibc arena (see :mod:`tdt.malloc`). Dask's nanny sets a
+    worker's environment by updating ``os.environ`` of the process that starts it, which for a
+    LocalCluster is this one: the environment is put back as it was when the cluster closes.
+    """
 
-        self._cluster = local
-        self._client = Client(local)
+    def __init__(self, workers: int):
+        import dask
+        from dask.distributed import Client, LocalCluster
+
+        self._environ = dict(os.environ)
+        spawn_environment = {
+            **dask.config.get("distributed.nanny.pre-spawn-environ", default={}),
+            **SINGLE_ARENA_ENVIRONMENT,
+        }
+        try:
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environment}):
+                self._cluster = LocalCluster(
+                    n_workers=max(1, workers),
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    host="127.0.0.1",
+                    # Task errors reach us through future.result(); worker log noise at shutdown
+                    # (closed heartbeat streams) would only confuse the summary.
+                    silence_logs=logging.CRITICAL,
+                )
+            self._client = Client(self._cluster)
+        except BaseException:
+            self._restore_environment()
+            raise
 
     def __enter__(self):
         return self._client
 
     def __exit__(self, *exc):
-        self._client.close()
-        self._cluster.close()
+        try:
+            self._client.close()
+            self._cluster.close()
+        finally:
+            self._restore_environment()
         return False
+
+    def _restore_environment(self) -> None:
+        for name in set(os.environ) - set(self._environ):
+            del os.environ[name]
+        os.environ.update(self._environ)

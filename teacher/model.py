@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +73,32 @@ class Teacher:
     def preprocess_images(self, crops_bgr: Sequence[np.ndarray]) -> torch.Tensor:
         """Preprocess uint8 BGR crops that are already cut out; returns float32 ``(N, 3, H, W)``."""
         return self._preprocessor.images(crops_bgr)
+
+    def pixels(
+        self,
+        image_bgr: np.ndarray,
+        boxes_tlbr: np.ndarray,
+        stage_seconds: MutableMapping[str, float] | None = None,
+    ) -> np.ndarray:
+        """The CPU half of :meth:`preprocess_crops`: cropped and resized RGB uint8 ``(N, H, W, 3)``.
+
+        Feed them to :meth:`embed_pixels` (possibly in another process). ``stage_seconds``, if
+        given, accumulates the seconds spent cropping (``"crop"``) and resizing (``"resize"``).
+        """
+        return self._preprocessor.pixels(image_bgr, boxes_tlbr, stage_seconds)
+
+    def normalise(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """RGB uint8 ``(N, H, W, 3)`` from :meth:`pixels` to the float32 model input, on the teacher's device.
+
+        The uint8 pixels travel to the device (a quarter of the float bytes) and are normalised
+        there, to the same values on every device.
+        """
+        tensor = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
+        return self._preprocessor.normalise(tensor.to(self.device))
+
+    def embed_pixels(self, pixels: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`normalise` then :meth:`embed_tensor`: one forward pass over RGB uint8 ``(N, H, W, 3)``."""
+        return self.embed_tensor(self.normalise(pixels))
 
     def embed_tensor(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Embed a preprocessed batch as one forward pass.
