@@ -39,6 +39,19 @@ def _write_manifest(path: Path, root: Path, frames: tuple[int, int]) -> Path:
     return path
 
 
+def _manifest_with_corrupt_frame_5(tmp_path: Path, pets_dir: Path) -> Path:
+    """A manifest over PETS09 frames 1-6 whose frame 5 is not a JPEG (the others link the real ones)."""
+    root = tmp_path / "pets"
+    (root / "img1").mkdir(parents=True)
+    shutil.copytree(pets_dir / "gt", root / "gt")
+    shutil.copy(pets_dir / "seqinfo.ini", root)
+    for frame in range(1, 7):
+        (root / "img1" / f"{frame:06d}.jpg").symlink_to(pets_dir / "img1" / f"{frame:06d}.jpg")
+    (root / "img1" / "000005.jpg").unlink()
+    (root / "img1" / "000005.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return _write_manifest(tmp_path / "m.yaml", root, (1, 6))
+
+
 def _distill_args(manifest: Path, weights: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--manifest", str(manifest), "--teacher", "osnet_x0_25", "--teacher-weights", str(weights),
@@ -308,15 +321,7 @@ def test_empty_split_is_a_clear_error(tiny_manifest, osnet_x0_25_msmt17, tmp_pat
 def test_corrupt_image_names_the_file_and_keeps_finished_shards(
     tmp_path, pets_dir, osnet_x0_25_msmt17, capsys
 ):
-    root = tmp_path / "pets"
-    (root / "img1").mkdir(parents=True)
-    shutil.copytree(pets_dir / "gt", root / "gt")
-    shutil.copy(pets_dir / "seqinfo.ini", root)
-    for frame in range(1, 7):
-        (root / "img1" / f"{frame:06d}.jpg").symlink_to(pets_dir / "img1" / f"{frame:06d}.jpg")
-    (root / "img1" / "000005.jpg").unlink()
-    (root / "img1" / "000005.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    manifest = _write_manifest(tmp_path / "m.yaml", root, (1, 6))
+    manifest = _manifest_with_corrupt_frame_5(tmp_path, pets_dir)
     out = tmp_path / "out"
     args = _distill_args(manifest, osnet_x0_25_msmt17, out, "--workers", "0", "--shard-size", "2")
     assert distill_main(args) == 2

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
-from test_distill import _distill_args, _write_manifest
+from test_distill import _distill_args, _manifest_with_corrupt_frame_5, _write_manifest
 
 from pipeline.distill import main as distill_main
 from pipeline.shards import read_manifest
@@ -76,15 +75,7 @@ def test_teacher_process_layout_writes_the_same_bytes_as_the_in_process_run(
 def test_teacher_process_layout_names_a_corrupt_image_and_keeps_finished_shards(
     tmp_path, pets_dir, osnet_x0_25_msmt17, capsys
 ):
-    root = tmp_path / "pets"
-    (root / "img1").mkdir(parents=True)
-    shutil.copytree(pets_dir / "gt", root / "gt")
-    shutil.copy(pets_dir / "seqinfo.ini", root)
-    for frame in range(1, 7):
-        (root / "img1" / f"{frame:06d}.jpg").symlink_to(pets_dir / "img1" / f"{frame:06d}.jpg")
-    (root / "img1" / "000005.jpg").unlink()
-    (root / "img1" / "000005.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    manifest = _write_manifest(tmp_path / "m.yaml", root, (1, 6))
+    manifest = _manifest_with_corrupt_frame_5(tmp_path, pets_dir)
     out = tmp_path / "out"
     # One worker prepares the shards in order: the two before the corrupt image are written.
     args = _distill_args(manifest, osnet_x0_25_msmt17, out, "--preprocess-workers", "1", "--shard-size", "2")
