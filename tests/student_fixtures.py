@@ -196,3 +196,26 @@ def mot17_records(sequence_dir: Path, frames: tuple[int, ...] = (1, 2), *, dim: 
             )
         )
     return records
+
+
+def distill_real_pets_frames(folder: Path, pets_dir: Path, teacher_weights: Path) -> Path:
+    """PETS frames 131-134 (7-8 people each) distilled by the real OSNet x0.25 teacher into ``folder/shards``."""
+    from pipeline.distill import main as distill_main
+
+    manifest = folder / "pets-few.yaml"
+    manifest.write_text(
+        "format: motchallenge\n"
+        "description: four real PETS09 frames\n"
+        f"root: {{default: {pets_dir}, env: TDT_TEST_PETS_ROOT}}\n"
+        "has_identities: true\n"
+        "options: {gt_format: mot15}\n"
+        "default_split: few\n"
+        "splits:\n"
+        "  few: {sequences: ['.'], frames: [131, 134]}\n"
+        "source: {url: 'https://motchallenge.net', instructions: test, layout: test}\n"
+    )
+    out = folder / "shards"
+    args = ["--manifest", str(manifest), "--teacher", "osnet_x0_25", "--teacher-weights", str(teacher_weights),
+            "--out", str(out), "--workers", "0", "--quiet"]  # fmt: skip
+    assert distill_main(args) == 0
+    return out

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from student_fixtures import distill_real_pets_frames
 
 import student
-from pipeline.distill import main as distill_main
 from student.api import load_student
 from student.augment import AugmentConfig, letterbox
 from student.centernet import (
@@ -327,20 +327,7 @@ def test_the_centernet_recipes_load_and_differ_from_each_other_only_in_the_embed
 @pytest.fixture(scope="module")
 def pets_teacher_shards(pets_dir, osnet_x0_25_msmt17, tmp_path_factory) -> Path:
     """PETS frames 131-134 (7-8 people each) distilled by the real OSNet x0.25 teacher."""
-    folder = tmp_path_factory.mktemp("centernet_shards")
-    manifest = folder / "pets-few.yaml"
-    manifest.write_text(
-        "format: motchallenge\ndescription: four real PETS09 frames\n"
-        f"root: {{default: {pets_dir}, env: TDT_TEST_PETS_ROOT}}\n"
-        "has_identities: true\noptions: {gt_format: mot15}\ndefault_split: few\n"
-        "splits:\n  few: {sequences: ['.'], frames: [131, 134]}\n"
-        "source: {url: 'https://motchallenge.net', instructions: test, layout: test}\n"
-    )
-    out = folder / "shards"
-    args = ["--manifest", str(manifest), "--teacher", "osnet_x0_25", "--teacher-weights", str(osnet_x0_25_msmt17),
-            "--out", str(out), "--workers", "0", "--quiet"]  # fmt: skip
-    assert distill_main(args) == 0
-    return out
+    return distill_real_pets_frames(tmp_path_factory.mktemp("centernet_shards"), pets_dir, osnet_x0_25_msmt17)
 
 
 @pytest.mark.filterwarnings("ignore:.*validation images are also training images:UserWarning")

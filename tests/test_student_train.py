@@ -20,10 +20,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
-from student_fixtures import BUSY_PETS_FRAMES, TINY_MODEL, pets_records, write_pets_shard_dir, write_shard_dir
+from student_fixtures import (
+    BUSY_PETS_FRAMES,
+    TINY_MODEL,
+    distill_real_pets_frames,
+    pets_records,
+    write_pets_shard_dir,
+    write_shard_dir,
+)
 
 import student
-from pipeline.distill import main as distill_main
 from student.api import load_student
 from student.augment import AugmentConfig
 from student.checkpoint import CheckpointError, load_checkpoint
@@ -328,24 +334,7 @@ def test_cli_trains_the_tiny_recipe_and_evaluates_at_the_end(
 @pytest.fixture(scope="module")
 def teacher_shards(pets_dir, osnet_x0_25_msmt17, tmp_path_factory) -> Path:
     """PETS frames 131-134 (7-8 people each) distilled by the real OSNet x0.25 teacher."""
-    folder = tmp_path_factory.mktemp("teacher_shards")
-    manifest = folder / "pets-few.yaml"
-    manifest.write_text(
-        "format: motchallenge\n"
-        "description: four real PETS09 frames\n"
-        f"root: {{default: {pets_dir}, env: TDT_TEST_PETS_ROOT}}\n"
-        "has_identities: true\n"
-        "options: {gt_format: mot15}\n"
-        "default_split: few\n"
-        "splits:\n"
-        "  few: {sequences: ['.'], frames: [131, 134]}\n"
-        "source: {url: 'https://motchallenge.net', instructions: test, layout: test}\n"
-    )
-    out = folder / "shards"
-    args = ["--manifest", str(manifest), "--teacher", "osnet_x0_25", "--teacher-weights", str(osnet_x0_25_msmt17),
-            "--out", str(out), "--workers", "0", "--quiet"]  # fmt: skip
-    assert distill_main(args) == 0
-    return out
+    return distill_real_pets_frames(tmp_path_factory.mktemp("teacher_shards"), pets_dir, osnet_x0_25_msmt17)
 
 
 @pytest.fixture(scope="module")
