@@ -98,12 +98,17 @@ def only_error_line(captured: str) -> str:
 def test_track_one_stage_writes_mot_rows_and_a_video(tmp_path, pets_dir, checkpoints, capsys):
     out = tmp_path / "out"
     argv = ["--input", str(pets_dir), "--checkpoint", str(checkpoints["one-stage"]), "--out", str(out)]
-    code = track.main([*argv, "--frames", "301", "306", "--render", "--no-progress", "--threads", "1"])
+    rendering = ["--render", "--still-frame", "304", "--no-progress", "--threads", "1"]
+    code = track.main([*argv, "--frames", "301", "306", *rendering])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "one-stage" in captured.err
     assert_valid_mot_rows(out / "PETS09-S2L1-half1.txt", range(301, 307))
     assert video_frame_count(out / "PETS09-S2L1-half1.mp4") == 6
+    still = cv2.imread(str(out / "PETS09-S2L1-half1-frame304.png"))
+    original = cv2.imread(str(pets_dir / "img1" / "000304.jpg"))
+    assert still.shape == original.shape
+    assert np.abs(still.astype(int) - original).max() > 100  # boxes and labels drawn on it
     assert "FPS" in captured.out and "MOT15 protocol" in captured.out
 
 
@@ -233,6 +238,13 @@ def test_track_errors_exit_2_with_one_line(tmp_path, pets_dir, checkpoints, no_t
 
     assert track.main([*base[2:], "--input", str(tmp_path / "nothing"), "--checkpoint", "x.pt"]) == 2
     assert "no such video file or folder" in only_error_line(capsys.readouterr().err)
+
+    one_stage = [*base, "--checkpoint", str(checkpoints["one-stage"])]
+    assert track.main([*one_stage, "--still-frame", "2"]) == 2
+    assert "--still-frame needs --render" in only_error_line(capsys.readouterr().err)
+    assert track.main([*one_stage, "--render", "--still-frame", "9"]) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("error: --still-frame 9: no such frame was tracked"), last_line
 
 
 def test_compare_errors_exit_2_with_one_line(tmp_path, pets_dir, checkpoints, no_teacher_env, capsys):

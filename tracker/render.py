@@ -105,6 +105,13 @@ def _label(
     )
 
 
+def write_still(path: Path, drawn_bgr: npt.NDArray[np.uint8]) -> None:
+    """Save one rendered frame as an image (format from the suffix, e.g. .png)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), drawn_bgr):
+        raise RenderError(f"{path}: cv2 cannot write this image")
+
+
 class TrackVideoWriter:
     """Writes annotated frames to an mp4; the writer opens on the first frame (its size)."""
 
@@ -116,13 +123,18 @@ class TrackVideoWriter:
         self._size: tuple[int, int] | None = None
         self.frames_written = 0
 
-    def write(self, image_bgr: npt.NDArray[np.uint8], tracks: FrameTracks, frame: int) -> None:
+    def write(
+        self, image_bgr: npt.NDArray[np.uint8], tracks: FrameTracks, frame: int
+    ) -> npt.NDArray[np.uint8]:
+        """Draw and append one frame; returns the drawn frame (e.g. to save it as a still)."""
         height, width = image_bgr.shape[:2]
         writer = self._writer if self._writer is not None else self._open((width, height))
         if self._size != (width, height):
             raise RenderError(f"{self.path}: frame {frame} is {width}x{height}, the video is {self._size}")
-        writer.write(self.painter.draw(image_bgr, tracks, frame))
+        drawn = self.painter.draw(image_bgr, tracks, frame)
+        writer.write(drawn)
         self.frames_written += 1
+        return drawn
 
     def _open(self, size: tuple[int, int]) -> cv2.VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TRAIL_LENGTH,
         help="frames of trail drawn behind each track",
     )
+    parser.add_argument(
+        "--still-frame",
+        type=int,
+        metavar="N",
+        help="with --render: also save frame N's drawing as <out>/<sequence>-frame<N>.png",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_teacher_options(parser)
     return parser
@@ -107,6 +113,8 @@ def job_from_args(args: argparse.Namespace) -> TrackingJob:
     """The tracking job the arguments describe."""
     if args.trail_length < 0:
         raise SourceError(f"--trail-length must be >= 0, got {args.trail_length}")
+    if args.still_frame is not None and not args.render:
+        raise SourceError("--still-frame needs --render (the still is a frame of the rendered video)")
     return TrackingJob(
         input=args.input,
         checkpoint=args.checkpoint,
@@ -120,6 +128,7 @@ def job_from_args(args: argparse.Namespace) -> TrackingJob:
         tracker_config=tracker_config_from_args(args),
         render=args.render,
         trail_length=args.trail_length,
+        still_frame=args.still_frame,
         show_progress=not args.no_progress,
         teacher_weights_given=args.teacher_weights is not None,
     )

@@ -15,13 +15,22 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from tracker.association import FrameTracks
 from tracker.config import TrackerConfig
 from tracker.evaluation import evaluate_sequences, format_summary
 from tracker.mot_format import write_mot_results
-from tracker.render import DEFAULT_TRAIL_LENGTH, TrackVideoWriter
+from tracker.render import DEFAULT_TRAIL_LENGTH, TrackVideoWriter, write_still
 from tracker.run import TrackingRun, run_sequence
 from tracker.sequence import FrameRange, InputSequence, open_sequence
-from tracker.sources import DetectionStage, OneStageDetection, TwoStageDetection, load_detector, load_teacher
+from tracker.sources import (
+    DetectionStage,
+    OneStageDetection,
+    SourceError,
+    SourceFrame,
+    TwoStageDetection,
+    load_detector,
+    load_teacher,
+)
 
 if TYPE_CHECKING:
     from teacher import TeacherConfig
@@ -52,6 +61,8 @@ class TrackingJob:
     tracker_config: TrackerConfig = field(default_factory=TrackerConfig)
     render: bool = False
     trail_length: int = DEFAULT_TRAIL_LENGTH
+    # With render: also save this frame's drawing as <out>/<sequence>-frame<N>.png.
+    still_frame: int | None = None
     show_progress: bool = True
     teacher_weights_given: bool = False
 
@@ -95,6 +106,15 @@ def _run(sequence: InputSequence, stage: DetectionStage, job: TrackingJob) -> Tr
             sequence, stage, job.tracker_config, job.frame_range, show_progress=job.show_progress
         )
     video_path = job.out / f"{sequence.name}.mp4"
+    still_path = job.out / f"{sequence.name}-frame{job.still_frame}.png"
+    stills_written = []
+
+    def draw(frame: SourceFrame, tracks: FrameTracks) -> None:
+        drawn = video.write(frame.image, tracks, frame.number)
+        if frame.number == job.still_frame:
+            write_still(still_path, drawn)
+            stills_written.append(still_path)
+
     with TrackVideoWriter(video_path, sequence.frame_rate, job.trail_length) as video:
         run = run_sequence(
             sequence,
@@ -102,9 +122,15 @@ def _run(sequence: InputSequence, stage: DetectionStage, job: TrackingJob) -> Tr
             job.tracker_config,
             job.frame_range,
             show_progress=job.show_progress,
-            on_frame=lambda frame, tracks: video.write(frame.image, tracks, frame.number),
+            on_frame=draw,
         )
     print(f"wrote {video_path} ({video.frames_written} frames)")
+    if job.still_frame is not None:
+        if not stills_written:
+            raise SourceError(
+                f"--still-frame {job.still_frame}: no such frame was tracked in {sequence.name}"
+            )
+        print(f"wrote {still_path} (frame {job.still_frame})")
     return run
 
 
