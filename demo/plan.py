@@ -27,6 +27,7 @@ PETS_TEST_FRAMES = (301, 397)
 # The pets09 recipes run 1000 steps; 300 already reached AP@0.5 0.94 on frames 301-397 in a
 # probe, which is enough to show the chain on real data in a fraction of the time.
 REAL_DEMO_STEPS = 300
+SYNTHETIC_STILL_FRAME = 60
 
 Size = Literal["full", "tiny"]
 
@@ -141,7 +142,6 @@ def _synthetic_plan(options: DemoOptions) -> Iterator[Stage]:
             "tiny" if options.size == "tiny" else "demo",
             "--seed",
             options.seed,
-            "--quiet",
         ),
     )
     teacher = ("--teacher", SYNTHETIC_TEACHER, "--teacher-weights", weights)
@@ -160,7 +160,6 @@ def _synthetic_plan(options: DemoOptions) -> Iterator[Stage]:
                 paths.world / "crowdhuman",
                 *teacher,
                 *batch,
-                "--quiet",
                 "--out",
                 shards,
             ),
@@ -279,7 +278,6 @@ def _comparison_stage(
         "--oracle",
         *(("--frames", *frames) if frames else ()),
         *_threads(options),
-        "--no-progress",
         "--out",
         paths.comparison,
     )
@@ -303,9 +301,10 @@ def _render_stage(
         "--checkpoint",
         checkpoint,
         "--render",
+        "--still-frame",
+        still_frame(options),
         *(("--frames", *frames) if frames else ()),
         *_threads(options),
-        "--no-progress",
         "--out",
         paths.tracks,
     )
@@ -315,6 +314,17 @@ def _render_stage(
         stamp_inputs=(checkpoint,),
         stamp_dir=paths.tracks,
     )
+
+
+def still_frame(options: DemoOptions) -> int:
+    """The rendered frame saved as a picture: mid-sequence, so that the trails are long."""
+    if options.real:
+        return (PETS_TEST_FRAMES[0] + PETS_TEST_FRAMES[1]) // 2
+    return 6 if options.size == "tiny" else SYNTHETIC_STILL_FRAME
+
+
+def still_path(options: DemoOptions, sequence: Path) -> Path:
+    return Artefacts(options.out).tracks / f"{sequence.name}-frame{still_frame(options)}.png"
 
 
 def _threads(options: DemoOptions) -> tuple:

@@ -66,8 +66,15 @@ def test_tiny_demo_chain_produces_every_artefact(tiny_demo) -> None:
     assert len(sequences - {"OVERALL"}) >= 2
     assert (out / "compare" / "results.png").stat().st_size > 0
     assert list((out / "track").glob("*.mp4"))
+    (still,) = (out / "track").glob("*-frame6.png")
+    assert still.stat().st_size > 0
     assert "SYNTHETIC" in completed.stdout
-    assert "SYNTHETIC" in (out / "SUMMARY.md").read_text()
+    summary_text = (out / "SUMMARY.md").read_text()
+    assert "SYNTHETIC" in summary_text
+    assert "What each row means:" in summary_text and "one-stage vs two-stage: HOTA" in summary_text
+    assert f"still             {still}" in summary_text
+    # every stage that ran printed its time when done
+    assert completed.stdout.count(" s)\n") >= 8
 
 
 @pytest.mark.slow
@@ -122,6 +129,25 @@ def test_synthetic_plan_starts_with_the_teacher_fetch_and_the_world(tmp_path: Pa
     assert fetch.command[1:3] == ("-m", "teacher.fetch_weights")
     assert world.command[1:3] == ("-m", "pipeline.synth") and "tiny" in world.command
     assert "mobilenetv2_imagenet" in distil.command
+
+
+def test_summary_explains_every_row_and_states_the_measured_difference() -> None:
+    from demo.summary import ROW_MEANINGS, verdict
+
+    assert set(ROW_MEANINGS) == EXPECTED_ROWS
+
+    def row(key: str, hota: float, mota: float, idf1: float, switches: int, fps: float) -> dict:
+        scores = {"hota": hota, "mota": mota, "idf1": idf1, "id_switches": switches, "fps": fps}
+        return {"key": key, "results": {"OVERALL": scores}}
+
+    results = {
+        "trackers": [row("one-stage", 0.5, 0.71, 0.6, 12, 9.0), row("two-stage", 0.52, 0.7, 0.65, 14, 7.5)]
+    }
+    assert verdict(results) == (
+        "one-stage vs two-stage: HOTA 50.0 vs 52.0 (-2.0 points), MOTA 71.0 vs 70.0 (+1.0 points), "
+        "IDF1 60.0 vs 65.0 (-5.0 points), ID switches 12 vs 14, 1.20x the frame rate (9.0 vs 7.5 FPS)"
+    )
+    assert verdict({"trackers": results["trackers"][:1]}) is None
 
 
 def test_real_demo_without_shared_data_is_a_clear_usage_error(tmp_path: Path, capsys) -> None:
