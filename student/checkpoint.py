@@ -122,6 +122,10 @@ _LOSS_CONFIG_KEYS_ADDED = {
     "heatmap_beta": 4.0,
     "heatmap_min_overlap": 0.7,
     "offset_weight": 1.0,
+    "assignment": "centre",
+    "positives_per_object": 7,
+    "classification_loss": "focal",
+    "reid_probability_temperature": 0.1,
 }
 
 

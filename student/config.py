@@ -21,6 +21,8 @@ EmbeddingHeadLayout = Literal["per_anchor", "per_location"]
 EmbeddingLossMode = Literal["l2", "ce", "l2+ce"]
 IgnoreOverlap = Literal["iou", "ioa"]
 CenterBoxEncoding = Literal["ltrb", "wh"]
+LabelAssignment = Literal["centre", "adamot"]
+ClassificationLoss = Literal["focal", "discriminative_focal"]
 
 MODEL_FAMILY_NAMES: tuple[str, ...] = get_args(ModelFamilyName)
 BACKBONE_NAMES: tuple[str, ...] = get_args(BackboneName)
@@ -179,6 +181,18 @@ class LossConfig(PlainConfig):
     ``offset_weight`` for its L1 centre-offset loss; the anchor keys
     (``focal_*``, ``box_huber_delta``, ``*_iou``, ``ignore_overlap*``) are
     RetinaNet's.
+
+    AdaMOT's options (CenterNet family only; :mod:`student.centernet.assignment`):
+    ``assignment`` ``centre`` (one positive per object, its centre cell: CenterNet
+    / FairMOT) or ``adamot`` (``positives_per_object`` cells per object, chosen
+    inside its box by an identity-aware minimum-cost one-to-k matching on the
+    current predictions); ``classification_loss`` ``focal`` (the family's own
+    focal loss: here the penalty-reduced heatmap loss) or
+    ``discriminative_focal`` (AdaMOT's: soft positive targets from the re-ID
+    probability; needs an embedding head). Under L2 distillation the re-ID
+    probability of a location is the softmax, over the image's boxes with a
+    teacher embedding, of cos(predicted, teacher) / ``reid_probability_temperature``
+    at the object's own box; with identity CE it is the classifier's softmax.
     """
 
     focal_alpha: float = 0.25
@@ -202,6 +216,10 @@ class LossConfig(PlainConfig):
     heatmap_beta: float = 4.0
     heatmap_min_overlap: float = 0.7
     offset_weight: float = 1.0
+    assignment: LabelAssignment = "centre"
+    positives_per_object: int = 7
+    classification_loss: ClassificationLoss = "focal"
+    reid_probability_temperature: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self.heatmap_alpha >= 0.0 and self.heatmap_beta >= 0.0, "heatmap_alpha/beta must be >= 0")
@@ -234,6 +252,27 @@ class LossConfig(PlainConfig):
             "ignore_overlap_threshold must be within (0, 1]",
         )
         _require(self.min_box_size >= 0.0, "min_box_size must be >= 0")
+        _require(
+            self.assignment in get_args(LabelAssignment),
+            f"assignment must be one of {get_args(LabelAssignment)}",
+        )
+        _require(self.positives_per_object >= 1, "positives_per_object must be >= 1")
+        _require(
+            self.classification_loss in get_args(ClassificationLoss),
+            f"classification_loss must be one of {get_args(ClassificationLoss)}",
+        )
+        _require(
+            math.isfinite(self.reid_probability_temperature) and self.reid_probability_temperature > 0,
+            "reid_probability_temperature must be a positive number",
+        )
+
+    @property
+    def uses_adamot_assignment(self) -> bool:
+        return self.assignment == "adamot"
+
+    @property
+    def uses_discriminative_focal(self) -> bool:
+        return self.classification_loss == "discriminative_focal"
 
     @property
     def uses_l2(self) -> bool:
@@ -242,3 +281,28 @@ class LossConfig(PlainConfig):
     @property
     def uses_identity_ce(self) -> bool:
         return self.embedding_loss in ("ce", "l2+ce")
+
+
+def check_loss_fits_model(loss: LossConfig, model: ModelConfig) -> None:
+    """Refuse loss options the model's family or heads cannot use (a :class:`ConfigError` naming the key).
+
+    AdaMOT's assignment and discriminative focal loss are implemented for the
+    anchor-free family only; the discriminative focal loss reads the re-ID
+    probability, so it needs an embedding head.
+    """
+    if model.family != "centernet":
+        _require(
+            loss.assignment == "centre",
+            f"loss.assignment {loss.assignment!r} is implemented for model.family 'centernet' only "
+            f"(got {model.family!r}); use loss.assignment: centre",
+        )
+        _require(
+            loss.classification_loss == "focal",
+            f"loss.classification_loss {loss.classification_loss!r} is implemented for model.family "
+            f"'centernet' only (got {model.family!r}); use loss.classification_loss: focal",
+        )
+    _require(
+        not loss.uses_discriminative_focal or model.has_embedding_head,
+        "loss.classification_loss 'discriminative_focal' needs an embedding head (model.embedding_dim > 0): "
+        "its targets are re-ID probabilities",
+    )

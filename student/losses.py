@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .assign import IGNORED, assign_anchors
-from .config import LossConfig, ModelConfig
+from .config import LossConfig, ModelConfig, check_loss_fits_model
 from .model import StudentOutputs, make_box_coder
 
 
@@ -143,6 +143,7 @@ class DistillationCriterion(nn.Module):
 
     def __init__(self, loss_config: LossConfig, model_config: ModelConfig, num_identities: int = 0) -> None:
         super().__init__()
+        check_loss_fits_model(loss_config, model_config)
         self.loss_config = loss_config
         self.embedding_dim = model_config.embedding_dim
         self.uses_l2 = model_config.has_embedding_head and loss_config.uses_l2

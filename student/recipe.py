@@ -29,7 +29,7 @@ from tdt.config import ConfigError, PlainConfig, expand_path, load_yaml
 
 from .augment import AugmentConfig
 from .checkpoint import NON_ARCHITECTURE_MODEL_KEYS, config_differences
-from .config import LossConfig, ModelConfig
+from .config import LossConfig, ModelConfig, check_loss_fits_model
 from .schedule import CosineWarmup
 from .sources import ShardSource
 
@@ -153,6 +153,9 @@ class TrainConfig(PlainConfig):
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check_loss_fits_model(self.loss, self.model)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Self:

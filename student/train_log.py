@@ -26,6 +26,8 @@ LOG_COLUMNS = (
     "offset_regression",
     "grad_norm",
     "positive_anchors",
+    "positives_per_object",
+    "identity_changed_objects",
     "seconds_per_step",
     "images_per_second",
 )

@@ -4,8 +4,10 @@ A backbone (the same ones as RetinaNet's, same ImageNet weights) feeds an
 upsampling neck to stride 4, where four heads predict a person-centre heatmap,
 the box (distances to its sides, or its size), the sub-cell centre offset and
 the embedding. Training reads boxes and embeddings at each object's centre cell
-only (:mod:`.targets`, :mod:`.losses`); inference keeps heatmap peaks and reads
-the embedding there (:mod:`.decoding`). Built through :mod:`student.families`.
+(:mod:`.targets`, :mod:`.losses`), or with AdaMOT's options at k cells per object
+chosen by an identity-aware matching (:mod:`.assignment`, :mod:`.positives`,
+:mod:`.reid_probability`); inference keeps heatmap peaks and reads the embedding
+there (:mod:`.decoding`). Built through :mod:`student.families`.
 """
 
 from .decoding import decode_center_outputs

@@ -122,15 +122,20 @@ def _gaussian_heatmap(centre_cell: Tensor, radius: Tensor, map_size: tuple[int, 
 
 def _inside_boxes(boxes: Tensor, map_size: tuple[int, int], stride: int) -> Tensor:
     """(H, W) bool: cells whose centre (in input pixels) lies inside any of ``boxes``."""
+    return cells_inside_each_box(boxes, map_size, stride).any(dim=0)
+
+
+def cells_inside_each_box(boxes: Tensor, map_size: tuple[int, int], stride: int) -> Tensor:
+    """(M, H, W) bool: per box (x1, y1, x2, y2 in input pixels), the cells whose centre lies inside it."""
     height, width = map_size
     device = boxes.device
     if boxes.shape[0] == 0:
-        return torch.zeros(map_size, dtype=torch.bool, device=device)
+        return torch.zeros((0, height, width), dtype=torch.bool, device=device)
     ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * stride
     xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * stride
     in_rows = (ys.view(1, -1) >= boxes[:, 1:2]) & (ys.view(1, -1) <= boxes[:, 3:4])  # (M, H)
     in_columns = (xs.view(1, -1) >= boxes[:, 0:1]) & (xs.view(1, -1) <= boxes[:, 2:3])  # (M, W)
-    return (in_rows[:, :, None] & in_columns[:, None, :]).any(dim=0)
+    return in_rows[:, :, None] & in_columns[:, None, :]
 
 
-__all__ = ["CenterTargets", "build_center_targets", "gaussian_radius"]
+__all__ = ["CenterTargets", "build_center_targets", "cells_inside_each_box", "gaussian_radius"]
