@@ -15,8 +15,8 @@ score threshold 0 and keep their best N detections after NMS (the one-stage
 side embeds exactly those N; checked on every frame), and the teacher gets
 crops of the frame's N ground-truth boxes. A sparse head therefore pays for N
 embeddings, as it would on a real frame with N people. Each level passes at
-most ``CANDIDATES_PER_LEVEL`` candidates to NMS, about as many as a trained
-detector has above its score threshold in a crowded frame. Association is left
+most 200 candidates to NMS, about as many as a trained detector has above its
+score threshold in a crowded frame (``forced_detections.py``). Association is left
 out (the same code for both, about 1-2 ms per frame at these densities, see
 benchmarks/association.py); so is image decoding. Frames: real PETS09-S2L1
 frames spread over the sequence (~6 people) and the real MOT17-04 frames of
@@ -65,6 +65,7 @@ import numpy as np  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.forced_detections import check_kept, keeping_exactly  # noqa: E402
 from tracker.sequence import open_sequence  # noqa: E402
 from tracker.sources import FrameDetections, embed_with_teacher  # noqa: E402
 
@@ -72,7 +73,6 @@ DEFAULT_DATA = Path(os.environ.get("TDT_SHARED_DATA", REPO_ROOT.parent / "shared
 HEADLINE_TEACHER = "osnet_x1_0"
 HEADLINE_SEQUENCE = "MOT17-04-FRCNN"
 DEFAULT_HEADS = ("per_anchor:512", "per_location:128")
-CANDIDATES_PER_LEVEL = 200
 QUICK_FRAMES = 2
 
 
@@ -178,12 +178,7 @@ def build_detector(backbone: str, input_size: tuple[int, int], head: HeadSpec | 
         {"embedding_dim": 0} if head is None else {"embedding_dim": head.dim, "embedding_head": head.layout}
     )
     config = ModelConfig(
-        backbone=backbone,
-        input_height=input_size[0],
-        input_width=input_size[1],
-        score_thresh=0.0,
-        candidates_per_level=CANDIDATES_PER_LEVEL,
-        **head_fields,
+        backbone=backbone, input_height=input_size[0], input_width=input_size[1], **head_fields
     )
     return Detector(build_student(config, warn_if_random_backbone=False))
 
@@ -198,16 +193,12 @@ def detector_work(detector, dense_embeddings: bool = False) -> Callable[[Benchma
 
     def detect(frame: BenchmarkFrame) -> object:
         people = len(frame.people)
-        config = dataclasses.replace(
-            detector.config, detections_per_image=people, dense_embeddings=dense_embeddings
-        )
+        config = keeping_exactly(detector.config, people, dense_embeddings=dense_embeddings)
         tensor, placement = bgr_to_input_tensor(frame.image, config.input_size)
         with torch.inference_mode():
             outputs = detector.model(tensor[None].to(detector.device), dense_embeddings=dense_embeddings)
             (found,) = postprocess(outputs, config)
-        embedded = None if found.embeddings is None else len(found.embeddings)
-        if len(found.boxes) != people or embedded not in (None, people):
-            raise SystemExit(f"kept {len(found.boxes)} detections and {embedded} embeddings, wanted {people}")
+        check_kept(found, people)
         return boxes_to_original(placement, found.boxes.cpu().numpy()), found.embeddings
 
     return detect

@@ -9,18 +9,27 @@ memory is its own: on CPU the worker's peak RSS (``ru_maxrss``, a per-process
 high-water mark) minus its RSS after importing torch, i.e. model + optimiser
 state + activations; on CUDA ``torch.cuda.max_memory_allocated``. ``vs det`` is
 the step time over that of mobilenet_v2_fpn without an embedding head, which is
-always measured first in the same run. Backbones are randomly initialised: this
+always measured first in the same run. Then CSTrack's options (``--options``) on
+the ``--backbone`` with the per-location head at ``--train-dim``: the reciprocal
+network (REN), the scale-aware embedding map (SAAN) and both; their ``vs det``
+against the same baseline, and against that backbone's plain per-location row
+where ``--backbones`` includes it. Backbones are randomly initialised: this
 measures time, never accuracy.
 
 Part 2, inference. One backbone (mobilenet_v2_fpn by default) in eval mode under
 ``torch.inference_mode``: model forward + ``student.inference.postprocess`` on one
 frame, detection-only and with the per-location and per-anchor embedding heads
-at D_s 64, 128 and 512 (TDT Tab. 6's speed trade). The models take turns on each
-frame and the median frames/s is reported with ``fps / fps_det``, the ratio to
-the detection-only model of the same run (interleaving and medians keep other
-processes' load from favouring one model). A random detector scores every anchor
-near the focal prior (0.01), below ``score_thresh``, so postprocessing finds no
-candidates: these numbers are the network's cost, which is what the heads change.
+at D_s 64, 128 and 512 (TDT Tab. 6's speed trade) and CSTrack's options at D_s
+128, each embedding model twice: evaluated only at the kept detections (sparse,
+the default) and on the whole map (dense, ``dense_embeddings``). A random
+detector scores every anchor near its prior, below any useful score threshold,
+so every model is made to keep exactly ``--detections`` detections per frame
+(score threshold 0, best N after NMS; checked on every frame, see
+``forced_detections.py``): a sparse head then pays for N embeddings, as on a
+real frame with N people. The models take turns on each frame and the median
+frames/s is reported with ``fps / fps_det``, the ratio to the detection-only
+model of the same run (interleaving and medians keep other processes' load from
+favouring one model).
 
 Defaults: 576x768 input (H x W), batch 1, 3 timed steps after 1 warm-up step per
 backbone and 5 timed frames after 1 warm-up frame per head. A resnet50_fpn step
@@ -38,6 +47,8 @@ core and everything runs many times slower; use ``--threads 1`` there.
     # training step per head layout of one backbone (what student/step_timing.py did)
     python benchmarks/student_speed.py --backbones mobilenet_v2_fpn --input 432 576 --batch 2 \\
         --train-heads detection_only per_location per_anchor --skip-inference
+    # the pets09 recipes' step with and without REN / SAAN
+    python benchmarks/student_speed.py --backbones mobilenet_v2_fpn --input 432 576 --batch 2 --skip-inference
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.forced_detections import check_kept, keeping_exactly  # noqa: E402
 from student.config import BACKBONE_NAMES, LossConfig, ModelConfig  # noqa: E402
 from student.families import build_student  # noqa: E402
 from student.inference import postprocess  # noqa: E402
@@ -70,6 +82,14 @@ TEACHER_DIM = 512  # the widest D_s measured; the student regresses the leading 
 BOXES_PER_IMAGE = 8
 HEAD_LAYOUTS = ("detection_only", "per_location", "per_anchor")
 INFERENCE_EMBEDDING_DIMS = (64, 128, 512)
+# CSTrack's options, timed with the per-location head (the pets09 recipes' layout)
+CSTRACK_OPTIONS = {
+    "ren": {"reciprocal_network": True},
+    "saan": {"scale_aware_embedding": True},
+    "ren+saan": {"reciprocal_network": True, "scale_aware_embedding": True},
+}
+OPTIONS_INFERENCE_DIM = 128
+DEFAULT_DETECTIONS = 8
 
 
 def available_cores() -> int:
@@ -98,21 +118,26 @@ QUICK_DEFAULTS = {
 class HeadVariant:
     layout: str  # one of HEAD_LAYOUTS
     embedding_dim: int  # D_s; 0 for detection_only
+    option: str = ""  # a key of CSTRACK_OPTIONS, or "" for none
 
     @property
     def label(self) -> str:
         if self.layout == "detection_only":
             return "detection only"
+        if self.option:
+            return f"{self.option.upper()} D_s={self.embedding_dim}"
         return f"{self.layout} D_s={self.embedding_dim}"
 
     def model_config(self, backbone: str, input_size: tuple[int, int]) -> ModelConfig:
         layout_fields = {} if self.layout == "detection_only" else {"embedding_head": self.layout}
+        option_fields = CSTRACK_OPTIONS[self.option] if self.option else {}
         return ModelConfig(
             backbone=backbone,  # type: ignore[arg-type]
             embedding_dim=self.embedding_dim,
             input_height=input_size[0],
             input_width=input_size[1],
             **layout_fields,  # type: ignore[arg-type]
+            **option_fields,  # type: ignore[arg-type]
         )
 
 
@@ -229,26 +254,46 @@ def measure_training_in_fresh_process(request: TrainingRequest) -> TrainingResul
         return pool.submit(measure_training, request).result()
 
 
+@dataclasses.dataclass(frozen=True)
+class InferenceRow:
+    head: HeadVariant
+    dense: bool  # the embedding head on the whole map rather than at the kept detections
+
+    @property
+    def evaluation(self) -> str:
+        if self.head.layout == "detection_only":
+            return "-"
+        return "dense" if self.dense else "sparse"
+
+
 def measure_inference(
     models: dict[HeadVariant, StudentDetector],
     input_size: tuple[int, int],
+    detections: int,
     warmup_frames: int,
     timed_frames: int,
     device: torch.device,
-) -> dict[HeadVariant, float]:
-    """Median frames/s of forward + postprocess per head variant, the variants taking turns per frame."""
+) -> dict[InferenceRow, float]:
+    """Median frames/s of forward + postprocess keeping exactly ``detections`` per frame, per model
+    and embedding evaluation (sparse, dense), all taking turns on each frame."""
     frame = torch.rand(1, 3, *input_size, device=device)
-    seconds: dict[HeadVariant, list[float]] = {head: [] for head in models}
+    rows = {
+        InferenceRow(head, dense): keeping_exactly(model.config, detections, dense_embeddings=dense)
+        for head, model in models.items()
+        for dense in ((False,) if head.layout == "detection_only" else (False, True))
+    }
+    seconds: dict[InferenceRow, list[float]] = {row: [] for row in rows}
     with torch.inference_mode():
         for frame_index in range(warmup_frames + timed_frames):
-            for head, model in models.items():
+            for row, config in rows.items():
                 synchronise(device)
                 start = time.perf_counter()
-                postprocess(model(frame), model.config)
+                (found,) = postprocess(models[row.head](frame, dense_embeddings=row.dense), config)
                 synchronise(device)
                 if frame_index >= warmup_frames:
-                    seconds[head].append(time.perf_counter() - start)
-    return {head: 1.0 / statistics.median(times) for head, times in seconds.items()}
+                    seconds[row].append(time.perf_counter() - start)
+                check_kept(found, detections)
+    return {row: 1.0 / statistics.median(times) for row, times in seconds.items()}
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -306,7 +351,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--backbone",
         choices=BACKBONE_NAMES,
         default=BASELINE_BACKBONE,
-        help=f"backbone of the inference part (default {BASELINE_BACKBONE})",
+        help=f"backbone of the inference part and of the option rows (default {BASELINE_BACKBONE})",
+    )
+    parser.add_argument(
+        "--options",
+        nargs="*",
+        choices=sorted(CSTRACK_OPTIONS),
+        default=list(CSTRACK_OPTIONS),
+        help="CSTrack options timed with the per-location head in both parts (default all; "
+        "none: --options with no value)",
+    )
+    parser.add_argument(
+        "--detections",
+        type=int,
+        default=DEFAULT_DETECTIONS,
+        help=f"detections every inference model keeps and embeds per frame (default {DEFAULT_DETECTIONS})",
     )
     parser.add_argument("--skip-training", action="store_true", help="run the inference part only")
     parser.add_argument("--skip-inference", action="store_true", help="run the training part only")
@@ -317,8 +376,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.input) <= 0 or args.batch <= 0 or args.steps <= 0 or args.frames <= 0 or args.threads <= 0:
-        parser.error("--input, --batch, --steps, --frames and --threads must be positive")
+    positive = (*args.input, args.batch, args.steps, args.frames, args.threads, args.detections)
+    if min(positive) <= 0:
+        parser.error("--input, --batch, --steps, --frames, --threads and --detections must be positive")
     if args.warmup_steps < 0 or args.warmup_frames < 0:
         parser.error("--warmup-steps and --warmup-frames must be non-negative")
     if not 0 < args.train_dim <= TEACHER_DIM:
@@ -336,6 +396,7 @@ def run_training_part(args: argparse.Namespace, device: torch.device) -> None:
     runs += [
         (backbone, head) for backbone in args.backbones for head in heads if (backbone, head) not in runs
     ]
+    runs += [(args.backbone, HeadVariant("per_location", args.train_dim, option)) for option in args.options]
     memory_label = "peak MB" if device.type == "cuda" else "peak RSS MB"
     print(
         f"\nTraining step: batch {args.batch}, median of {args.steps} steps after {args.warmup_steps} "
@@ -375,6 +436,7 @@ def run_inference_part(args: argparse.Namespace, device: torch.device) -> None:
         for layout in ("per_location", "per_anchor")
         for dim in INFERENCE_EMBEDDING_DIMS
     ]
+    heads += [HeadVariant("per_location", OPTIONS_INFERENCE_DIM, option) for option in args.options]
     torch.manual_seed(0)
     models = {
         head: build_student(head.model_config(args.backbone, input_size), warn_if_random_backbone=False)
@@ -382,16 +444,26 @@ def run_inference_part(args: argparse.Namespace, device: torch.device) -> None:
         .eval()
         for head in heads
     }
-    frames_per_second = measure_inference(models, input_size, args.warmup_frames, args.frames, device)
-    baseline_fps = frames_per_second[DETECTION_ONLY]
-    print(
-        f"\nInference: {args.backbone}, forward + postprocess of 1 frame, median of {args.frames} frames "
-        f"after {args.warmup_frames} warm-up, heads taking turns"
+    frames_per_second = measure_inference(
+        models, input_size, args.detections, args.warmup_frames, args.frames, device
     )
-    print(f"{'head':<24} {'frames/s':>9} {'ms/frame':>9} {'fps/fps_det':>12}")
-    for head, fps in frames_per_second.items():
-        print(f"{head.label:<24} {fps:>9.2f} {1000 / fps:>9.1f} {fps / baseline_fps:>11.2f}x")
-    print("fps/fps_det: frames/s over the detection-only model's, same run")
+    baseline_fps = frames_per_second[InferenceRow(DETECTION_ONLY, dense=False)]
+    print(
+        f"\nInference: {args.backbone}, forward + postprocess of 1 frame keeping and embedding exactly "
+        f"{args.detections} detections, median of {args.frames} frames after {args.warmup_frames} "
+        "warm-up, models taking turns"
+    )
+    print(f"{'head':<24} {'embeddings':>10} {'frames/s':>9} {'ms/frame':>9} {'fps/fps_det':>12}")
+    for row, fps in frames_per_second.items():
+        print(
+            f"{row.head.label:<24} {row.evaluation:>10} {fps:>9.2f} {1000 / fps:>9.1f} "
+            f"{fps / baseline_fps:>11.2f}x"
+        )
+    print(
+        "fps/fps_det: frames/s over the detection-only model's, same run; sparse: the embedding "
+        "head evaluated at the kept detections only (REN's re-ID map and SAAN's attended map are "
+        "dense either way), dense: on the whole map"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

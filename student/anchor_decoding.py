@@ -23,7 +23,8 @@ def decode_anchor_outputs(outputs: StudentOutputs, config: ModelConfig) -> list[
     """Detections per image of a batch, with the anchor index each came from.
 
     Embeddings are read after NMS and top-k, for the kept detections of all
-    images at once (with a sparse head, the only places it is evaluated).
+    images at once (with a sparse head, the only places it is evaluated): at
+    each detection's anchor, or at its box centre on the scale-aware map.
     """
     kept = [_image_detections(outputs, image, config) for image in range(outputs.class_logits.shape[0])]
     embeddings: list[Tensor | None] = [None] * len(kept)
@@ -34,7 +35,9 @@ def decode_anchor_outputs(outputs: StudentOutputs, config: ModelConfig) -> list[
             torch.arange(len(kept), device=anchor_indices.device),
             torch.tensor(counts, device=anchor_indices.device),
         )
-        all_embeddings = F.normalize(outputs.anchor_embeddings(image_index, anchor_indices).float(), dim=1)
+        boxes = torch.cat([image_boxes for image_boxes, _, _, _ in kept])
+        read = outputs.detection_embeddings(image_index, anchor_indices, boxes)
+        all_embeddings = F.normalize(read.float(), dim=1)
         embeddings = list(all_embeddings.split(counts))
     return [
         InputDetections(

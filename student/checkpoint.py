@@ -115,7 +115,13 @@ _REQUIRED_KEYS = ("step", "model_state", "model_config")
 # Typed fields that checkpoints written before they existed kept in ``extra``.
 _FIELDS_ONCE_IN_EXTRA = ("criterion_state", "grad_scaler_state", "teacher_mean_embedding")
 # Model-config keys added since the first checkpoints, with the value those checkpoints imply.
-_MODEL_CONFIG_KEYS_ADDED = {"family": "retinanet", "neck_channels": [256, 128, 64], "box_encoding": "ltrb"}
+_MODEL_CONFIG_KEYS_ADDED = {
+    "family": "retinanet",
+    "neck_channels": [256, 128, 64],
+    "box_encoding": "ltrb",
+    "reciprocal_network": False,
+    "scale_aware_embedding": False,
+}
 # Loss-config keys added since (read by the CenterNet family only), with their defaults.
 _LOSS_CONFIG_KEYS_ADDED = {
     "heatmap_alpha": 2.0,

@@ -60,6 +60,26 @@ class ModelConfig(PlainConfig):
     centre, or ``wh``); its heads' hidden width is ``head_width`` (the
     embedding head's ``embedding_head_width``), and ``detections_per_image`` is
     its top-K of heatmap peaks.
+
+    Two options from CSTrack (Liang et al., "Rethinking the Competition Between
+    Detection and ReID in Multiobject Tracking"), both off by default and both
+    needing an embedding head (``embedding_dim`` > 0):
+
+    - ``reciprocal_network``: CSTrack's reciprocal network (REN) between the
+      shared features and the task branches (:mod:`student.reciprocal`): one
+      detection map that the class / box (CenterNet: heatmap / box / offset)
+      heads read and one re-ID map that the embedding head reads, on every FPN
+      level (one set of weights for all levels) or on the CenterNet neck's
+      stride-4 map. An identity at initialisation.
+    - ``scale_aware_embedding``: CSTrack's scale-aware attention network (SAAN,
+      :mod:`student.scale_aware`), RetinaNet only: P3, P4 and P5 fused by
+      spatial and channel attention into one stride-8 embedding map, read at
+      each detection's box centre (training: at each object's box centre). It
+      replaces the per-anchor / per-location head, so ``embedding_head`` and
+      ``share_embedding_convs_across_levels`` are not read; its encoders are
+      ``embedding_head_width`` wide. The CenterNet neck already fuses strides
+      32 to 4 into the one map its embedding is read from, so the key is
+      refused there.
     """
 
     family: ModelFamilyName = "retinanet"
@@ -86,6 +106,8 @@ class ModelConfig(PlainConfig):
     dense_embeddings: bool = False
     neck_channels: tuple[int, ...] = (256, 128, 64)
     box_encoding: CenterBoxEncoding = "ltrb"
+    reciprocal_network: bool = False
+    scale_aware_embedding: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -137,6 +159,22 @@ class ModelConfig(PlainConfig):
         )
         _require(0.0 <= self.score_thresh < 1.0, "score_thresh must be within [0, 1)")
         _require(0.0 < self.nms_thresh <= 1.0, "nms_thresh must be within (0, 1]")
+        self._check_cstrack_options()
+
+    def _check_cstrack_options(self) -> None:
+        for name in ("reciprocal_network", "scale_aware_embedding"):
+            _require(
+                not getattr(self, name) or self.has_embedding_head,
+                f"{name} separates or builds the re-ID branch: it needs an embedding head "
+                "(embedding_dim > 0)",
+            )
+        _require(
+            not (self.scale_aware_embedding and self.family == "centernet"),
+            "scale_aware_embedding applies to the retinanet family only: the centernet neck already "
+            "fuses the stride-32, -16 and -8 maps into the one stride-4 map its embedding is read "
+            "from at object centres, which is what the scale-aware attention network adds to the "
+            "FPN (reciprocal_network does apply to centernet)",
+        )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Self:

@@ -3,8 +3,10 @@
 Every loss is normalised over the whole batch: the classification and box sums
 by the number of positive anchors (at least 1), the L2 term by the number of
 positive anchors whose box has a teacher embedding, the identity CE by the
-number of positive anchors whose box has an identity. A batch without any of
-those contributes an exact zero that still backpropagates (never NaN).
+number of positive anchors whose box has an identity (with the scale-aware
+embedding map, by the objects those anchors are matched to: it is read once per
+object, at the box centre). A batch without any of those contributes an exact
+zero that still backpropagates (never NaN).
 
 Targets, one mapping per image (what the shard data loader yields), in input
 pixels after letterboxing:
@@ -90,7 +92,8 @@ def identity_cross_entropy(
 
 @dataclasses.dataclass(frozen=True)
 class LossTerms:
-    """Weighted total and the unweighted terms of one batch."""
+    """Weighted total and the unweighted terms of one batch. The embedding and identity counts
+    count anchors, or objects with the scale-aware embedding map."""
 
     total: Tensor
     classification: Tensor
@@ -121,6 +124,21 @@ class _PositiveMatches:
     image_index: Tensor  # (P,)
     anchor_index: Tensor  # (P,)
     box_index: Tensor  # (P,) index into that image's targets
+
+
+@dataclasses.dataclass(frozen=True)
+class _MatchedObjects:
+    """Each (image, box) pair that at least one positive anchor is matched to, once, image-major."""
+
+    image_index: Tensor  # (N,)
+    box_index: Tensor  # (N,) index into that image's targets
+
+    @classmethod
+    def of(cls, positives: _PositiveMatches) -> _MatchedObjects:
+        if len(positives.box_index) == 0:
+            return cls(positives.image_index, positives.box_index)
+        pairs = torch.unique(torch.stack([positives.image_index, positives.box_index], dim=1), dim=0)
+        return cls(pairs[:, 0], pairs[:, 1])
 
 
 @dataclasses.dataclass
@@ -284,21 +302,29 @@ class StudentCriterion(DistillationCriterion):
         """Teacher-regression L2 and identity cross-entropy on the positive anchors (as configured).
 
         The head is read (a sparse head: evaluated) only at the positive anchors
-        whose box has a target for one of the terms.
+        whose box has a target for one of the terms. The scale-aware map is read
+        once per object that positive anchors are matched to, at its box centre:
+        inference reads it at each detection's box centre, so training supervises
+        the same place; a positive anchor's centre can lie far from the person's
+        (a P5 anchor is placed on a 32-pixel grid, and low-quality matches are
+        positives too), where the stride-8 map sees background or a neighbour.
+        It also gives every person one sample, where per-anchor reading counts a
+        tall person, matched by more anchors, more often than a small one.
         """
         if not (self.uses_l2 or self.uses_identity_ce):
             return _IdentityLosses()
+        samples: _PositiveMatches | _MatchedObjects = positives
+        if outputs.scale_aware_embeddings is not None:
+            samples = _MatchedObjects.of(positives)
         teacher = identities = None
-        enters_loss = torch.zeros_like(positives.anchor_index, dtype=torch.bool)
+        enters_loss = torch.zeros_like(samples.box_index, dtype=torch.bool)
         if self.uses_l2:
-            teacher = self._gather_per_box(targets, "embeddings", positives)[:, : self.embedding_dim]
+            teacher = self._gather_per_box(targets, "embeddings", samples)[:, : self.embedding_dim]
             enters_loss |= ~torch.isnan(teacher).any(dim=1)
         if self.uses_identity_ce:
-            identities = self._gather_per_box(targets, "identities", positives)
+            identities = self._gather_per_box(targets, "identities", samples)
             enters_loss |= identities >= 0
-        predicted = outputs.anchor_embeddings(
-            positives.image_index[enters_loss], positives.anchor_index[enters_loss]
-        ).float()
+        predicted = self._read_embeddings(outputs, targets, samples, enters_loss).float()
         losses = _IdentityLosses()
         if teacher is not None:
             losses.num_embedding = int((~torch.isnan(teacher).any(dim=1)).sum())
@@ -310,6 +336,22 @@ class StudentCriterion(DistillationCriterion):
             )
         return losses
 
+    def _read_embeddings(
+        self,
+        outputs: StudentOutputs,
+        targets: Sequence[Mapping[str, Tensor]],
+        samples: _PositiveMatches | _MatchedObjects,
+        selected: Tensor,
+    ) -> Tensor:
+        """Raw embeddings of the ``selected`` samples: at their anchors, or at their boxes' centres."""
+        if isinstance(samples, _PositiveMatches):
+            return outputs.anchor_embeddings(samples.image_index[selected], samples.anchor_index[selected])
+        if outputs.scale_aware_embeddings is None:
+            raise ValueError("per-object embeddings are read from the scale-aware map only")
+        boxes = self._gather_per_box(targets, "boxes", samples)[selected]
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        return outputs.scale_aware_embeddings.at_points(samples.image_index[selected], centres)
+
     @staticmethod
     def _positive_matches(matches: Tensor) -> _PositiveMatches:
         # image-major order, matching the per-image concatenation in _gather_per_box
@@ -318,9 +360,9 @@ class StudentCriterion(DistillationCriterion):
 
     @staticmethod
     def _gather_per_box(
-        targets: Sequence[Mapping[str, Tensor]], key: str, positives: _PositiveMatches
+        targets: Sequence[Mapping[str, Tensor]], key: str, positives: _PositiveMatches | _MatchedObjects
     ) -> Tensor:
-        """Rows of ``targets[i][key]`` for every positive anchor, in positive order."""
+        """Rows of ``targets[i][key]`` for every positive anchor (or object), in their order."""
         gathered = [
             target[key][positives.box_index[positives.image_index == image]]
             for image, target in enumerate(targets)

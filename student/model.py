@@ -18,6 +18,8 @@ from .anchors import AnchorGrid
 from .backbones import build_backbone
 from .config import FPN_STRIDES, ModelConfig
 from .heads import BoxRegressionHead, ClassificationHead, EmbeddingHead
+from .reciprocal import ReciprocalNetwork
+from .scale_aware import ScaleAwareEmbedding, ScaleAwareEmbeddings
 from .sparse_head import SparseEmbeddings
 
 NUM_CLASSES = 1  # person
@@ -38,8 +40,11 @@ class StudentOutputs:
     num_locations, D) for the per-location head (anchor ``i`` uses location
     ``i // anchors_per_location``); otherwise None, and ``sparse_embeddings``
     evaluates the head only at the anchors asked for. Both are None for the
-    detection-only model. :meth:`anchor_embeddings` reads either. Embeddings
-    are raw regressions of teacher dimensions (not normalised).
+    detection-only model. :meth:`anchor_embeddings` reads either. With
+    ``scale_aware_embedding`` both are None and ``scale_aware_embeddings``
+    holds the stride-8 SAAN map, read at points (box centres), never per
+    anchor; :meth:`detection_embeddings` reads any of them for detections.
+    Embeddings are raw regressions of teacher dimensions (not normalised).
     """
 
     class_logits: Tensor  # (B, num_anchors, NUM_CLASSES)
@@ -50,10 +55,15 @@ class StudentOutputs:
     anchors_per_location: int
     image_size: tuple[int, int]  # (height, width) of the input batch
     sparse_embeddings: SparseEmbeddings | None = dataclasses.field(default=None, repr=False)
+    scale_aware_embeddings: ScaleAwareEmbeddings | None = dataclasses.field(default=None, repr=False)
 
     @property
     def has_embeddings(self) -> bool:
-        return self.embeddings is not None or self.sparse_embeddings is not None
+        return (
+            self.embeddings is not None
+            or self.sparse_embeddings is not None
+            or self.scale_aware_embeddings is not None
+        )
 
     @property
     def embeddings_per_anchor(self) -> bool:
@@ -64,6 +74,11 @@ class StudentOutputs:
     def anchor_embeddings(self, image_index: int | Tensor, anchor_indices: Tensor) -> Tensor:
         """(K, D) raw embeddings of anchors ``anchor_indices`` of image(s) ``image_index``
         (an int, or a (K,) tensor pairing each anchor with its image)."""
+        if self.scale_aware_embeddings is not None:
+            raise ValueError(
+                "the scale-aware embedding map is read at box centres, not per anchor: "
+                "use detection_embeddings (or scale_aware_embeddings.at_points)"
+            )
         if self.embeddings is None:
             if self.sparse_embeddings is not None:
                 return self.sparse_embeddings.at_anchors(image_index, anchor_indices)
@@ -72,9 +87,20 @@ class StudentOutputs:
             return self.embeddings[image_index, anchor_indices]
         return self.embeddings[image_index, anchor_indices // self.anchors_per_location]
 
+    def detection_embeddings(self, image_index: Tensor, anchor_indices: Tensor, boxes: Tensor) -> Tensor:
+        """(K, D) raw embeddings of K detections of images ``image_index``: the embedding of the
+        anchor each came from, or, with the scale-aware map, the map at its box's centre
+        (``boxes`` (K, 4) x1, y1, x2, y2 in input pixels)."""
+        if self.scale_aware_embeddings is not None:
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+            return self.scale_aware_embeddings.at_points(image_index, centres)
+        return self.anchor_embeddings(image_index, anchor_indices)
+
 
 class StudentDetector(nn.Module):
-    """Backbone + FPN (P3-P7) with class, box and (optionally) embedding heads.
+    """Backbone + FPN (P3-P7) with class, box and (optionally) embedding heads; with
+    ``reciprocal_network`` the heads read REN's task maps (:mod:`student.reciprocal`), with
+    ``scale_aware_embedding`` the embedding is SAAN's stride-8 map (:mod:`student.scale_aware`).
 
     ``forward`` takes RGB images scaled to [0, 1], shape (B, 3, H, W), already
     letterboxed to a common size; ImageNet mean/std normalisation happens
@@ -94,8 +120,16 @@ class StudentDetector(nn.Module):
         self.box_head = BoxRegressionHead(
             config.fpn_channels, anchors_per_location, config.head_width, config.head_depth
         )
+        self.reciprocal_network: ReciprocalNetwork | None = None
+        if config.reciprocal_network:
+            self.reciprocal_network = ReciprocalNetwork(config.fpn_channels)
         self.embedding_head: EmbeddingHead | None = None
-        if config.has_embedding_head:
+        self.scale_aware_embedding: ScaleAwareEmbedding | None = None
+        if config.scale_aware_embedding:
+            self.scale_aware_embedding = ScaleAwareEmbedding(
+                config.fpn_channels, config.embedding_head_width, config.embedding_dim
+            )
+        elif config.has_embedding_head:
             self.embedding_head = EmbeddingHead(
                 config.fpn_channels,
                 config.embedding_dim,
@@ -115,31 +149,44 @@ class StudentDetector(nn.Module):
         normalised = (images - self.pixel_mean) / self.pixel_std
         return list(self.backbone(normalised).values())
 
+    def task_features(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """The maps the detection subnets and the embedding head read: REN's per level, or the
+        pyramid itself for both."""
+        if self.reciprocal_network is None:
+            return features, features
+        detection, reid = zip(*(self.reciprocal_network(level) for level in features), strict=True)
+        return list(detection), list(reid)
+
     def forward(self, images: Tensor, dense_embeddings: bool | None = None) -> StudentOutputs:
         """Head outputs; the embedding head runs on the whole map only with ``dense_embeddings``
         (default: ``config.dense_embeddings``), otherwise where the outputs' reader asks for it."""
-        features = self.pyramid(images)
-        feature_sizes = [(f.shape[-2], f.shape[-1]) for f in features]
+        detection_features, reid_features = self.task_features(self.pyramid(images))
+        feature_sizes = [(f.shape[-2], f.shape[-1]) for f in detection_features]
         anchors_per_level = self.anchor_grid.per_level(
             feature_sizes, device=images.device, dtype=torch.float32
         )
         if dense_embeddings is None:
             dense_embeddings = self.config.dense_embeddings
-        embeddings = sparse_embeddings = None
-        if self.embedding_head is not None:
+        embeddings = sparse_embeddings = scale_aware = None
+        if self.scale_aware_embedding is not None:
+            attended = self.scale_aware_embedding.attended(reid_features)
+            dense = self.scale_aware_embedding.output(attended) if dense_embeddings else None
+            scale_aware = ScaleAwareEmbeddings(self.scale_aware_embedding, attended, FPN_STRIDES[0], dense)
+        elif self.embedding_head is not None:
             if dense_embeddings:
-                embeddings = self.embedding_head(features)
+                embeddings = self.embedding_head(reid_features)
             else:
                 sparse_embeddings = SparseEmbeddings(
-                    self.embedding_head, tuple(features), self.config.anchors_per_location
+                    self.embedding_head, tuple(reid_features), self.config.anchors_per_location
                 )
         return StudentOutputs(
-            class_logits=self.classification_head(features),
-            box_deltas=self.box_head(features),
+            class_logits=self.classification_head(detection_features),
+            box_deltas=self.box_head(detection_features),
             embeddings=embeddings,
             anchors=torch.cat(anchors_per_level),
             anchors_per_level=tuple(len(a) for a in anchors_per_level),
             anchors_per_location=self.config.anchors_per_location,
             image_size=(images.shape[-2], images.shape[-1]),
             sparse_embeddings=sparse_embeddings,
+            scale_aware_embeddings=scale_aware,
         )

@@ -20,6 +20,7 @@ from tdt.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
 from ..backbones import build_stride4_body
 from ..config import ModelConfig
+from ..reciprocal import ReciprocalNetwork
 
 OUTPUT_STRIDE = 4
 # CenterNet's initial heatmap probability (bias -2.19), higher than RetinaNet's 0.01: one
@@ -44,7 +45,7 @@ class CenterNetOutputs:
     box: Tensor  # (B, 4 | 2, H, W)
     offset: Tensor  # (B, 2, H, W)
     embeddings: Tensor | None  # (B, D, H, W), raw (not normalised)
-    features: Tensor = dataclasses.field(repr=False)  # (B, C, H, W) neck output the heads read
+    features: Tensor = dataclasses.field(repr=False)  # (B, C, H, W) the map the embedding head reads
     embedding_head: CenterHead | None = dataclasses.field(default=None, repr=False)
     stride: int = OUTPUT_STRIDE
     image_size: tuple[int, int] = (0, 0)  # (height, width) of the input batch
@@ -172,6 +173,8 @@ class UpsamplingBackbone(nn.Module):
 class CenterNetDetector(nn.Module):
     """Backbone + upsampling neck + heatmap, box, offset and (optionally) embedding heads.
 
+    With ``reciprocal_network`` the heatmap, box and offset heads read REN's detection map
+    of the neck output and the embedding head its re-ID map (:mod:`student.reciprocal`).
     ``forward`` takes RGB images in [0, 1], (B, 3, H, W), letterboxed to a common size;
     ImageNet normalisation happens inside, as in the RetinaNet family.
     """
@@ -188,6 +191,9 @@ class CenterNetDetector(nn.Module):
         box_values = 4 if config.box_encoding == "ltrb" else 2
         self.box_head = CenterHead(channels, config.head_width, box_values)
         self.offset_head = CenterHead(channels, config.head_width, 2)
+        self.reciprocal_network: ReciprocalNetwork | None = None
+        if config.reciprocal_network:
+            self.reciprocal_network = ReciprocalNetwork(channels)
         self.embedding_head: CenterHead | None = None
         if config.has_embedding_head:
             self.embedding_head = CenterHead(channels, config.embedding_head_width, config.embedding_dim)
@@ -200,17 +206,20 @@ class CenterNetDetector(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         features = self.backbone((images - self.pixel_mean) / self.pixel_std)
+        reid_features = features
+        if self.reciprocal_network is not None:
+            features, reid_features = self.reciprocal_network(features)
         if dense_embeddings is None:
             dense_embeddings = self.config.dense_embeddings
         embeddings = None
         if self.embedding_head is not None and dense_embeddings:
-            embeddings = self.embedding_head(features)
+            embeddings = self.embedding_head(reid_features)
         return CenterNetOutputs(
             heatmap_logits=self.heatmap_head(features),
             box=self.box_head(features),
             offset=self.offset_head(features),
             embeddings=embeddings,
-            features=features,
+            features=reid_features,
             embedding_head=self.embedding_head,
             stride=OUTPUT_STRIDE,
             image_size=(images.shape[-2], images.shape[-1]),
