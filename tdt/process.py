@@ -9,8 +9,9 @@ of its ``main()``:
   keeps freed memory for the next batch (:mod:`tdt.malloc`) and, if given, torch's intra-op
   thread count is set;
 * :func:`configure_worker_process` -- a process started only to run this project's tasks (a
-  Dask worker of the distiller): the same, plus one torch and one OpenCV thread, because the
-  processes, not threads, share out the cores.
+  Dask worker of the distiller, a renderer of the synthetic world): the same, plus one OpenCV
+  thread and (unless the tasks never use torch) one torch thread, because the processes, not
+  threads, share out the cores.
 
 The one exception is the torchvision compatibility shim (:mod:`tdt.torch_compat`), which
 ``student`` applies on import because torchvision cannot be imported without it on a torch
@@ -47,10 +48,15 @@ def configure_for_cli(*, torch_threads: int | None = None) -> ProcessSetup:
     return ProcessSetup(keeps_freed_memory=keep_freed_memory(), torch_threads=torch_threads)
 
 
-def configure_worker_process() -> ProcessSetup:
-    """Set up a process that exists to run this project's tasks: allocator, one torch and one cv2 thread."""
+def configure_worker_process(*, torch_threads: int | None = 1) -> ProcessSetup:
+    """Set up a process that exists to run this project's tasks: allocator, one torch and one cv2 thread.
+
+    ``torch_threads=None`` leaves torch alone, unimported, for workers whose tasks never use it.
+    """
     import cv2
 
-    setup = configure_for_cli(torch_threads=1)
+    setup = configure_for_cli(torch_threads=torch_threads)
     cv2.setNumThreads(1)
-    return ProcessSetup(keeps_freed_memory=setup.keeps_freed_memory, torch_threads=1, opencv_threads=1)
+    return ProcessSetup(
+        keeps_freed_memory=setup.keeps_freed_memory, torch_threads=torch_threads, opencv_threads=1
+    )

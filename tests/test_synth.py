@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,29 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(world: Path, tmp_p
     assert (again / "world.json").read_bytes() == (world / "world.json").read_bytes()
     differing = [path for path, digest in _hashes(other).items() if _hashes(world)[path] != digest]
     assert len(differing) > len(_hashes(world)) // 2
+
+
+def test_worker_processes_write_the_same_bytes_and_tick_every_item(world: Path, tmp_path: Path) -> None:
+    ticks: list[tuple[int, int]] = []
+    out = tmp_path / "parallel"
+    generate(build_config("tiny"), out, workers=2, progress=lambda done, total: ticks.append((done, total)))
+    assert (out / "world.json").read_bytes() == (world / "world.json").read_bytes()
+    for path in _hashes(world):
+        assert (out / path).read_bytes() == (world / path).read_bytes(), path
+    total = 12 + 4 + 2 * 12
+    assert ticks == [(done, total) for done in range(1, total + 1)]
+
+
+def test_a_failing_worker_is_a_clear_error_and_leaves_no_world_json(tmp_path: Path) -> None:
+    tiny = build_config("tiny")
+    # fewer people allowed than required: the renderer itself raises, inside a worker process
+    broken = replace(tiny, detection=replace(tiny.detection, min_people=5, max_people=3))
+    with pytest.raises(RuntimeError, match=r"rendering images synth_train_000001\.\..* failed in a worker"):
+        generate(broken, tmp_path / "w", workers=2)
+    assert not (tmp_path / "w" / "world.json").exists()
+    assert (tmp_path / "w" / ".synth-partial.json").exists()
+    with pytest.raises(ValueError, match="workers"):
+        generate(tiny, tmp_path / "v", workers=0)
 
 
 def test_world_json_lists_every_file_with_its_hash(world: Path) -> None:
@@ -153,6 +177,8 @@ def test_foreign_non_empty_directory_and_bad_arguments_are_refused(
     assert "not empty" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "x"), "--frames", "1", "--quiet"]) == 2
     assert "--frames" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "x"), "--workers", "0", "--quiet"]) == 2
+    assert "--workers" in capsys.readouterr().err
 
 
 def test_crash_leaves_no_world_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,3 +205,4 @@ def test_help_describes_the_tool() -> None:
         check=True,
     )
     assert "SYNTHETIC" in result.stdout and "--preset" in result.stdout and "--overwrite" in result.stdout
+    assert "--workers" in result.stdout

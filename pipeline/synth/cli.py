@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from pipeline.synth.config import PRESETS, build_config
+from pipeline.synth.parallel import usable_cores
 from pipeline.synth.world import WorldError, generate
 from tdt.process import configure_for_cli
 
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Presets: demo = 400+60 images and 3 sequences x 120 frames at 480x360, 10 fps; "
             "tiny = 12+4 images and 2 x 12 frames at 160x128 (tests). Rerunning with the same options "
-            "is a no-op; other options on an existing world need --overwrite."
+            "is a no-op; other options on an existing world need --overwrite. The files do not depend "
+            "on --workers."
         ),
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
@@ -47,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check", action="store_true", help="on a rerun, re-hash every file against world.json"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=usable_cores(),
+        help="processes that render images and sequences (default: the usable cores, here %(default)s; "
+        "1 renders in this process)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -54,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_for_cli()
+    if args.workers < 1:
+        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
     try:
         config = build_config(
             args.preset,
@@ -81,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
 
     try:
-        outcome = generate(config, args.out, overwrite=args.overwrite, check=args.check, progress=progress)
+        outcome = generate(
+            config,
+            args.out,
+            overwrite=args.overwrite,
+            check=args.check,
+            workers=args.workers,
+            progress=progress,
+        )
     except WorldError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

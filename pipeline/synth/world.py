@@ -10,9 +10,10 @@ files an earlier world wrote and never deletes anything else.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from pipeline.synth import detection, sequences
 from pipeline.synth.config import GENERATOR_VERSION, TrackingConfig, WorldConfig
+from pipeline.synth.parallel import Renderer
 
 WORLD_JSON = "world.json"
 PARTIAL_JSON = ".synth-partial.json"
@@ -57,8 +59,16 @@ def generate(
     *,
     overwrite: bool = False,
     check: bool = False,
+    workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> Outcome:
+    """Write the world ``config`` describes under ``out``, or confirm it is already there.
+
+    ``workers`` > 1 renders on that many spawned processes (one OpenCV thread each); the files
+    are byte-identical to ``workers=1``, which renders in this process.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     out = Path(out)
     wanted = config.to_dict()
     previous = _previous_config(out)
@@ -97,44 +107,65 @@ def generate(
 
     root = np.random.SeedSequence(config.seed)
     train_seeds, val_seeds, sequence_seeds = root.spawn(3)
-    for split, count, seeds in (
+    splits = [
         ("train", config.detection.train_images, train_seeds),
         ("val", config.detection.val_images, val_seeds),
-    ):
-        lines = []
-        for image_id, seed in zip(detection.image_ids(split, count), seeds.spawn(count), strict=True):
-            image = detection.render_detection_image(config.detection, image_id, seed, config.jpeg_quality)
-            writer.write(f"{CROWDHUMAN_DIR}/Images/{image_id}.jpg", image.jpeg)
-            lines.append(detection.odgt_line(image.annotation))
-            tick()
-        writer.write(f"{CROWDHUMAN_DIR}/annotation_{split}.odgt", "".join(lines).encode())
-    tracking = config.tracking
-    for index, seed in enumerate(sequence_seeds.spawn(tracking.sequences), start=1):
-        name = sequences.sequence_name(index)
-        base = f"{MOT_DIR}/{name}"
-        ids: dict[int, int] = {}
-        gt = []
-        for frame_number, frame in enumerate(
-            sequences.render_sequence(tracking, seed, config.jpeg_quality), 1
-        ):
-            writer.write(f"{base}/img1/{frame_number:06d}.jpg", frame.jpeg)
-            for key, x1, y1, x2, y2, visibility in frame.rows:
-                # identities numbered by first appearance, as in MOTChallenge files
-                identity = ids.setdefault(key, len(ids) + 1)
-                gt.append((identity, frame_number, x1, y1, x2, y2, visibility))
-            tick()
-        gt.sort()
-        text = "".join(
-            f"{f},{i},{round(x1)},{round(y1)},{round(x2) - round(x1)},{round(y2) - round(y1)},1,1,{v:.4f}\n"
-            for i, f, x1, y1, x2, y2, v in gt
-        )
-        writer.write(f"{base}/gt/gt.txt", text.encode())
-        writer.write(f"{base}/seqinfo.ini", _seqinfo(name, tracking).encode())
+    ]
+    jobs = [
+        job
+        for split, count, seeds in splits
+        for job in zip(detection.image_ids(split, count), seeds.spawn(count), strict=True)
+    ]
+    with Renderer(config, workers) as renderer:
+        images = renderer.images(jobs)
+        frames_by_sequence = renderer.frames_by_sequence(sequence_seeds.spawn(config.tracking.sequences))
+        for split, count, _ in splits:
+            _write_split(writer, split, itertools.islice(images, count), tick)
+        for index, frames in enumerate(frames_by_sequence, start=1):
+            _write_sequence(writer, config.tracking, index, frames, tick)
     writer.write("README.md", readme(config).encode())
     listing = writer.listing()
     _write_atomically(out / WORLD_JSON, json.dumps({**wanted, "files": listing}, indent=1) + "\n")
     (out / PARTIAL_JSON).unlink(missing_ok=True)
     return Outcome("generated", len(listing), sum(f["bytes"] for f in listing))
+
+
+def _write_split(
+    writer: _Writer, split: str, images: Iterable[detection.DetectionImage], tick: Callable[[], None]
+) -> None:
+    lines = []
+    for image in images:
+        writer.write(f"{CROWDHUMAN_DIR}/Images/{image.image_id}.jpg", image.jpeg)
+        lines.append(detection.odgt_line(image.annotation))
+        tick()
+    writer.write(f"{CROWDHUMAN_DIR}/annotation_{split}.odgt", "".join(lines).encode())
+
+
+def _write_sequence(
+    writer: _Writer,
+    tracking: TrackingConfig,
+    index: int,
+    frames: Iterable[sequences.SequenceFrame],
+    tick: Callable[[], None],
+) -> None:
+    name = sequences.sequence_name(index)
+    base = f"{MOT_DIR}/{name}"
+    ids: dict[int, int] = {}
+    gt = []
+    for frame_number, frame in enumerate(frames, 1):
+        writer.write(f"{base}/img1/{frame_number:06d}.jpg", frame.jpeg)
+        for key, x1, y1, x2, y2, visibility in frame.rows:
+            # identities numbered by first appearance, as in MOTChallenge files
+            identity = ids.setdefault(key, len(ids) + 1)
+            gt.append((identity, frame_number, x1, y1, x2, y2, visibility))
+        tick()
+    gt.sort()
+    text = "".join(
+        f"{f},{i},{round(x1)},{round(y1)},{round(x2) - round(x1)},{round(y2) - round(y1)},1,1,{v:.4f}\n"
+        for i, f, x1, y1, x2, y2, v in gt
+    )
+    writer.write(f"{base}/gt/gt.txt", text.encode())
+    writer.write(f"{base}/seqinfo.ini", _seqinfo(name, tracking).encode())
 
 
 class _Writer:
