@@ -1,7 +1,7 @@
 """Distillation throughput against its bound: bare teacher, bare pre-processing, pipeline.
 
     python benchmarks/distill_throughput.py            # 200 PETS09 frames, 3 teachers, 2 formats
-    python benchmarks/distill_throughput.py --quick    # 40 frames: a two-minute check
+    python benchmarks/distill_throughput.py --quick    # 80 frames: a few minutes' check
 
 For every teacher, in one run, on the same real PETS09 boxes:
 - bare teacher: a tight loop of ``embed_tensor`` over pre-cut, pre-normalised batches
@@ -15,7 +15,11 @@ For every teacher, in one run, on the same real PETS09 boxes:
   for Parquet with the GPU layout too (``--preprocess-workers``: pre-processing processes
   feeding this process's teacher);
 - the ratios pipeline / bare teacher and pipeline / bound, and the pipeline's time per box and
-  stage (see ``pipeline.stages``), CPU time and page faults per box.
+  stage (see ``pipeline.stages``), CPU time and page faults per box;
+- CPU time per box, which other jobs on the machine change far less than boxes/s: the bare
+  teacher on one thread (as in a Dask worker), the bare pre-processing, their sum (what the
+  pipeline cannot do without) and the pipeline's, all its processes over the run (Dask's own
+  threads and scheduler included). The difference is the pipeline's waste.
 
 osnet_x0_25 and mobilenetv2_imagenet use the shared real weights when present; osnet_x1_0
 (no weights available here) is randomly initialised: its rows are timings only. The last line
@@ -57,6 +61,13 @@ class Row:
     pipeline: float
     boxes: int
     report: object  # pipeline.runner.DistillReport
+    teacher_cpu_ms: float  # CPU ms per box of the bare teacher on one thread
+    pre_cpu_ms: float  # CPU ms per box of the bare pre-processing
+
+    @property
+    def pipeline_cpu_ms(self) -> float:
+        use = self.report.all_processes
+        return 1000.0 * (use.user_seconds + use.system_seconds) / self.boxes
 
     @property
     def bound(self) -> float:
@@ -98,14 +109,37 @@ def bare_teacher_boxes_per_second(teacher, pixels) -> float:
     return len(pixels) / (time.perf_counter() - started)
 
 
-def _preprocess_part(root: str, records, config) -> tuple[int, dict[str, float]]:
-    """Decode, crop, resize and normalise ``records`` (runs in a worker process)."""
+def bare_teacher_cpu_ms_per_box(teacher, pixels, batches: int = 4) -> float:
+    """CPU ms per box of ``embed_tensor`` on one torch thread, over up to ``batches`` pre-cut batches."""
     import torch
 
-    from pipeline.stages import StageTimes
+    from pipeline.stages import ResourceUse
+
+    batch_size = teacher.config.batch_size
+    inputs = [teacher.normalise(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    inputs = inputs[:batches]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        teacher.embed_tensor(inputs[0])  # warm-up
+        before = ResourceUse.now()
+        for batch in inputs:
+            teacher.embed_tensor(batch)
+        used = ResourceUse.now().since(before)
+    finally:
+        torch.set_num_threads(threads)
+    return 1000.0 * (used.user_seconds + used.system_seconds) / sum(len(b) for b in inputs)
+
+
+def _preprocess_part(root: str, records, config) -> tuple[int, dict[str, float], float]:
+    """Decode, crop, resize and normalise ``records`` (runs in a worker process); boxes, stages, CPU s."""
+    import torch
+
+    from pipeline.stages import ResourceUse, StageTimes
     from pipeline.worker import image_pixels
     from teacher.preprocess import Preprocessor
 
+    before = ResourceUse.now()
     preprocessor = Preprocessor(config.input_size, config.mean, config.std)
     stages, boxes = StageTimes(), 0
     for record in records:
@@ -114,11 +148,12 @@ def _preprocess_part(root: str, records, config) -> tuple[int, dict[str, float]]
             with stages.timing("normalise"):
                 preprocessor.normalise(torch.from_numpy(pixels))
             boxes += len(pixels)
-    return boxes, stages.seconds
+    used = ResourceUse.now().since(before)
+    return boxes, stages.seconds, used.user_seconds + used.system_seconds
 
 
-def bare_preprocessing(dataset, config, processes: int) -> tuple[float, dict[str, float]]:
-    """Boxes/s of decode + crop + resize + normalise in ``processes`` spawned processes, and stage seconds."""
+def bare_preprocessing(dataset, config, processes: int) -> tuple[float, dict[str, float], float]:
+    """Decode + crop + resize + normalise in ``processes`` spawned processes: boxes/s, stage seconds, CPU ms per box."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, wait
 
@@ -137,7 +172,9 @@ def bare_preprocessing(dataset, config, processes: int) -> tuple[float, dict[str
             pool.map(_preprocess_part, [str(dataset.root)] * len(parts), parts, [config] * len(parts))
         )
         seconds = time.perf_counter() - started
-    return sum(b for b, _ in done) / seconds, total_stage_seconds(s for _, s in done)
+    boxes = sum(b for b, _, _ in done)
+    cpu_ms = 1000.0 * sum(c for _, _, c in done) / boxes
+    return boxes / seconds, total_stage_seconds(s for _, s, _ in done), cpu_ms
 
 
 def all_pixels(teacher, dataset):
@@ -177,6 +214,22 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
+def print_cpu_table(rows: list[Row]) -> None:
+    print(
+        "\nCPU ms per box (user + system): bare teacher on one thread, bare pre-processing, their sum, "
+        "the pipeline (all its processes over the run), pipeline - sum"
+    )
+    print(
+        f"{'teacher':<21}{'format':<8}{'layout':<16}{'teacher':>8}{'pre':>8}{'sum':>8}{'pipeline':>9}{'excess':>8}"
+    )
+    for r in rows:
+        floor = r.teacher_cpu_ms + r.pre_cpu_ms
+        print(
+            f"{r.teacher:<21}{r.format:<8}{r.layout:<16}{r.teacher_cpu_ms:>8.2f}{r.pre_cpu_ms:>8.2f}{floor:>8.2f}"
+            f"{r.pipeline_cpu_ms:>9.2f}{r.pipeline_cpu_ms - floor:>8.2f}"
+        )
+
+
 def print_profile(rows: list[Row], bare_stages: dict[str, float], bare_boxes: int) -> None:
     from pipeline.stages import format_per_box
 
@@ -194,9 +247,7 @@ def print_profile(rows: list[Row], bare_stages: dict[str, float], bare_boxes: in
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="40 frames (about 240 boxes): a two-minute check"
-    )
+    parser.add_argument("--quick", action="store_true", help="80 frames (403 boxes): a few minutes' check")
     parser.add_argument("--frames", type=int, help="PETS09 frames to use, about 6 boxes each (default 200)")
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=TEACHERS)
     parser.add_argument("--formats", nargs="+", default=["parquet", "hdf5"], choices=["parquet", "hdf5"])
@@ -218,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    frames = args.frames or (40 if args.quick else 200)
+    frames = args.frames or (80 if args.quick else 200)
     import torch
 
     from tdt.process import configure_for_cli
@@ -239,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows, bare_stages = run_all(args, dataset, cores)
     print_table(rows)
+    print_cpu_table(rows)
     print_profile(rows, bare_stages, boxes)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     for r in rows:
@@ -251,13 +303,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_all(args, dataset, cores: int) -> tuple[list[Row], dict[str, float]]:
     rows: list[Row] = []
-    bare_pre, bare_stages, pixels = None, {}, None
+    bare_pre, bare_stages, pre_cpu_ms, pixels = None, {}, 0.0, None
     for name in args.teachers:
         teacher, weights = _teacher(name, args.batch_size)
         if pixels is None:  # the same for every teacher: same input size, mean and std
-            bare_pre, bare_stages = bare_preprocessing(dataset, teacher.config, cores)
+            bare_pre, bare_stages, pre_cpu_ms = bare_preprocessing(dataset, teacher.config, cores)
             pixels = all_pixels(teacher, dataset)
         bare = bare_teacher_boxes_per_second(teacher, pixels)
+        teacher_cpu_ms = bare_teacher_cpu_ms_per_box(teacher, pixels)
         runs = [(fmt, DEFAULT_LAYOUT, args.workers) for fmt in args.formats]
         if args.preprocess_workers:
             runs.append((args.formats[0], GPU_LAYOUT, args.preprocess_workers))
@@ -273,11 +326,14 @@ def run_all(args, dataset, cores: int) -> tuple[list[Row], dict[str, float]]:
                 report.boxes_per_second,
                 report.boxes_embedded_now,
                 report,
+                teacher_cpu_ms,
+                pre_cpu_ms,
             )
             rows.append(row)
             print(
                 f"  {name} ({weights}) {fmt} {layout}: teacher {bare:.1f}, pipeline {row.pipeline:.1f} boxes/s "
-                f"({row.pipeline / bare:.2f} of teacher, {row.pipeline / row.bound:.2f} of bound)",
+                f"({row.pipeline / bare:.2f} of teacher, {row.pipeline / row.bound:.2f} of bound); CPU ms per box "
+                f"{row.pipeline_cpu_ms:.2f} against {teacher_cpu_ms + pre_cpu_ms:.2f} for teacher + pre-processing",
                 flush=True,
             )
     return rows, bare_stages

@@ -19,7 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.job import DatasetSelection, DistillConfig, ShardOutput, prepare_distillation
 from pipeline.runner import ClusterConfig, DistillReport, DistillRequest, distill
 from pipeline.shards.schema import DTYPES, FORMATS
-from pipeline.stages import format_per_box
+from pipeline.stages import ResourceUse, format_per_box
 from tdt.process import configure_for_cli
 from teacher import TeacherError, add_teacher_arguments, teacher_config_from_args
 
@@ -199,14 +199,20 @@ def format_summary(report: DistillReport) -> str:
     ]
     boxes = report.boxes_embedded_now
     if boxes:
-        use = report.resources
         lines += [
             f"layout      {report.layout}",
             f"per box     {format_per_box(report.stages, boxes)}",
-            f"            CPU user {1000 * use.user_seconds / boxes:.2f} ms, system "
-            f"{1000 * use.system_seconds / boxes:.2f} ms, {use.minor_faults / boxes:.0f} page faults",
+            f"            {_cpu_per_box(report.resources, boxes)} in the shard tasks",
+            f"            {_cpu_per_box(report.all_processes, boxes)} in all processes of the run",
         ]
     return "\n".join(lines)
+
+
+def _cpu_per_box(use: ResourceUse, boxes: int) -> str:
+    return (
+        f"CPU user {1000 * use.user_seconds / boxes:.2f} ms, system {1000 * use.system_seconds / boxes:.2f} ms, "
+        f"{use.minor_faults / boxes:.0f} page faults"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

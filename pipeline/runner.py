@@ -24,7 +24,14 @@ from pipeline.plan import (
 from pipeline.records import ImageRecord
 from pipeline.shards.manifest import DatasetInfo, ShardEntry, ShardManifest, write_manifest
 from pipeline.stages import ResourceUse, total_stage_seconds
-from pipeline.worker import ShardJob, ShardResult, WorkerReadiness, run_shard_job, warm_up_worker
+from pipeline.worker import (
+    ShardJob,
+    ShardResult,
+    WorkerReadiness,
+    largest_batch,
+    run_shard_job,
+    warm_up_worker,
+)
 from tdt.malloc import SINGLE_ARENA_ENVIRONMENT
 from teacher import Teacher
 
@@ -98,6 +105,9 @@ class DistillReport:
     layout: str = ""  # ClusterConfig.layout
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, all shards (pipeline.stages)
     resources: ResourceUse = ResourceUse()  # CPU time and page faults of the processes that ran the shards
+    # The same for every process of the run over the whole compute, between tasks too (Dask: this
+    # process, with a LocalCluster's scheduler and nannies, and every worker, event loop included).
+    all_processes: ResourceUse = ResourceUse()
     extra: dict = field(default_factory=dict)
 
     @property
@@ -115,7 +125,9 @@ class _Timing:
     setup_seconds: float = 0.0
     compute_seconds: float = 0.0
     teacher_process: ResourceUse = ResourceUse()  # the calling process's own use, when shards ran elsewhere
-    between_tasks: float = 0.0  # Dask task slots without a task: scheduling, transfers, idle at the end
+    all_processes: ResourceUse | None = None  # Dask: this process and every worker, whole, over the compute
+    between_tasks: float = 0.0  # Dask task slots without a task between two tasks: scheduling, transfers
+    tail: float = 0.0  # Dask task slots without a task after their worker's last one
 
 
 def distill(
@@ -144,6 +156,7 @@ def distill(
     jobs = _shard_jobs(request, teacher, [s for s in shards if s.index not in complete])
     timing = _Timing()
     results = _run_jobs(jobs, teacher, cluster, progress, timing) if jobs else []
+    resources = sum((r.resources for r in results), timing.teacher_process)
     entries = {**complete, **{r.entry.index: r.entry for r in results}}
     manifest = _manifest(request, identity, teacher, shards, entries)
     write_manifest(out_dir, manifest)
@@ -162,7 +175,8 @@ def distill(
         worker_seconds=sum(r.seconds for r in results),
         layout=cluster.layout,
         stages=_run_stages(results, timing),
-        resources=sum((r.resources for r in results), timing.teacher_process),
+        resources=resources,
+        all_processes=timing.all_processes or resources,
     )
 
 
@@ -170,6 +184,8 @@ def _run_stages(results: list[ShardResult], timing: _Timing) -> dict[str, float]
     stages = total_stage_seconds(r.stages for r in results)
     if timing.between_tasks:
         stages["dask"] = timing.between_tasks
+    if timing.tail:
+        stages["tail"] = timing.tail
     return stages
 
 
@@ -261,16 +277,29 @@ def _run_jobs(
                 progress(result)
         timing.compute_seconds = time.perf_counter() - started
         return results
+    return _run_on_dask(jobs, cluster, progress, timing)
+
+
+def _run_on_dask(
+    jobs: list[ShardJob], cluster: ClusterConfig, progress: ProgressCallback | None, timing: _Timing
+) -> list[ShardResult]:
     from dask.distributed import as_completed
 
+    started = time.perf_counter()
     with _client(cluster) as client:
         # Load the teacher on every worker first: a bad weights file fails here, once, and
         # the shard timings below measure the work itself.
         first = jobs[0]
-        readiness = client.run(warm_up_worker, first.teacher_config, first.allow_random_teacher, first.format)
+        readiness = client.run(
+            warm_up_worker,
+            first.teacher_config,
+            first.allow_random_teacher,
+            first.format,
+            largest_batch(jobs),
+        )
         _warn_about_thread_arenas(readiness)
         timing.setup_seconds = time.perf_counter() - started
-        started = time.perf_counter()
+        started, used_before = time.perf_counter(), _cluster_resources(client)
         # Largest shards first: fewer idle workers at the end of the run.
         ordered = sorted(jobs, key=lambda j: -j.shard.num_embeddable)
         futures = [
@@ -293,9 +322,38 @@ def _run_jobs(
         finally:
             client.cancel([f for f in futures if not f.done()])
         timing.compute_seconds = time.perf_counter() - started
+        timing.all_processes = _cluster_resources(client).since(used_before)
         task_slots = sum(client.nthreads().values())
-        timing.between_tasks = max(0.0, task_slots * timing.compute_seconds - sum(r.seconds for r in results))
+        timing.between_tasks, timing.tail = _idle_task_slots(
+            results, task_slots, timing.compute_seconds, ended_at=time.time()
+        )
         return results
+
+
+def _cluster_resources(client) -> ResourceUse:
+    """CPU time and page faults so far of this process (for a LocalCluster: scheduler, nannies) and every worker."""
+    return sum(client.run(ResourceUse.now).values(), ResourceUse.now())
+
+
+def _idle_task_slots(
+    results: list[ShardResult], slots: int, seconds: float, ended_at: float
+) -> tuple[float, float]:
+    """Seconds of ``slots`` task slots without a task over a run of ``seconds`` that ended at ``ended_at``.
+
+    Split into (between a worker's tasks, after its last one). The second part is the tail of
+    the run: workers done while others finish their last shard (or that never got one). A
+    worker process is taken as one task slot.
+    """
+    idle = max(0.0, slots * seconds - sum(r.seconds for r in results))
+    last_finished: dict[str, float] = {}
+    for r in results:
+        last_finished[r.process] = max(last_finished.get(r.process, 0.0), r.finished_at)
+    tail = (
+        sum(max(0.0, ended_at - t) for t in last_finished.values())
+        + max(0, slots - len(last_finished)) * seconds
+    )
+    tail = min(tail, idle)
+    return idle - tail, tail
 
 
 def _client(cluster: ClusterConfig):
@@ -339,12 +397,31 @@ class SlowWorkerWarning(UserWarning):
     """A Dask worker is set up in a way that is known to slow the teacher down."""
 
 
+# Dask settings of the LocalCluster this module starts. Its tasks are whole shards, each seconds
+# of teacher work, so the defaults tuned for many short tasks cost more than they bring.
+LOCAL_CLUSTER_SETTINGS = {
+    # A worker is sent a task only when its thread is free (the default hands each one-thread
+    # worker a second task to hold): the last shards go to whichever worker frees up first
+    # instead of waiting behind a busy one while another worker idles.
+    "distributed.scheduler.worker-saturation": 1.0,
+    # The statistical profiler samples the task thread every 10 ms for the dashboard, which this
+    # cluster does not start.
+    "distributed.worker.profile.enabled": False,
+    # Event-loop health checks, every 20 ms in every scheduler, nanny and worker.
+    "distributed.admin.tick.interval": "1s",
+    # Memory checks of every nanny and worker, every 100 ms: a shard task holds no data between
+    # tasks, and its memory is set by the teacher's batch, not by results piling up.
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
 class _OwningClient:
     """A Client on a LocalCluster of its own, closed with it.
 
-    The workers are started with one glibc arena (see :mod:`tdt.malloc`). Dask's nanny sets a
-    worker's environment by updating ``os.environ`` of the process that starts it, which for a
-    LocalCluster is this one: the environment is put back as it was when the cluster closes.
+    The workers are started with one glibc arena (see :mod:`tdt.malloc`) and with
+    :data:`LOCAL_CLUSTER_SETTINGS`. Dask's nanny sets a worker's environment by updating
+    ``os.environ`` of the process that starts it, which for a LocalCluster is this one: the
+    environment is put back as it was when the cluster closes.
     """
 
     def __init__(self, workers: int):
@@ -357,7 +434,8 @@ class _OwningClient:
             **SINGLE_ARENA_ENVIRONMENT,
         }
         try:
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environment}):
+            settings = {**LOCAL_CLUSTER_SETTINGS, "distributed.nanny.pre-spawn-environ": spawn_environment}
+            with dask.config.set(settings):
                 self._cluster = LocalCluster(
                     n_workers=max(1, workers),
                     threads_per_worker=1,

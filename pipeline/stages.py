@@ -29,7 +29,8 @@ STAGES = (
     "serialise",
     "write",
     "checksum",
-    "dask",  # Dask worker slots between tasks: scheduling, task and result transfer, idle at the end
+    "dask",  # Dask worker slots between two tasks: scheduling, task and result transfer
+    "tail",  # Dask worker slots after their worker's last task, while others finish theirs
 )
 
 

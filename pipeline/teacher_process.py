@@ -32,7 +32,9 @@ from pipeline.worker import (
     ShardJob,
     ShardResult,
     image_pixels,
+    largest_batch,
     load_shard_writer,
+    warm_up_teacher,
     write_shard_file,
 )
 from tdt.process import configure_worker_process
@@ -80,7 +82,7 @@ def _preprocessor(config: TeacherConfig) -> Preprocessor:
 @dataclass(frozen=True)
 class TeacherProcessRun:
     results: list[ShardResult]
-    setup_seconds: float  # starting the worker processes (imports included)
+    setup_seconds: float  # starting the worker processes (imports included), one warm-up batch
     compute_seconds: float  # from the first shard submitted to the last one written
     teacher_process: ResourceUse  # this process's CPU time and page faults over the compute
 
@@ -106,6 +108,7 @@ def run_with_preprocess_workers(
             started_workers.update(f.result() for f in [pool.submit(_process_id) for _ in range(workers)])
         if jobs:
             writer.submit(load_shard_writer, jobs[0].format).result()
+            warm_up_teacher(teacher, largest_batch(jobs))
         setup_seconds = time.perf_counter() - started
         started, used_before = time.perf_counter(), ResourceUse.now()
         loop = _TeacherLoop(pool, writer, teacher, workers * SHARDS_IN_FLIGHT_PER_WORKER, progress)

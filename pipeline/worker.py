@@ -15,8 +15,10 @@ Every task records where its time went (:mod:`pipeline.stages`).
 
 from __future__ import annotations
 
+import os
+import socket
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,8 @@ class ShardResult:
     seconds: float
     stages: dict[str, float] = field(default_factory=dict)
     resources: ResourceUse = ResourceUse()
+    process: str = ""  # host:pid of the process that ran the task ("" where not recorded)
+    finished_at: float = 0.0  # time.time() when the task ended, on that host's clock
 
     @property
     def teacher_seconds(self) -> float:
@@ -91,15 +95,35 @@ class WorkerReadiness:
     single_arena: bool  # started with tdt.malloc.SINGLE_ARENA_ENVIRONMENT (else: page faults per batch)
 
 
-def warm_up_worker(config: TeacherConfig, allow_random: bool, fmt: str) -> WorkerReadiness:
-    """Build this worker process's teacher and load its shard writer before any task arrives.
+def warm_up_worker(config: TeacherConfig, allow_random: bool, fmt: str, batch: int) -> WorkerReadiness:
+    """Build this worker process's teacher, run it once and load its shard writer before any task arrives.
 
     The driver runs it on every worker, so a bad weights file fails once and the shard tasks'
-    timings measure the work itself.
+    timings measure the work itself (see :func:`warm_up_teacher`).
     """
     teacher = _worker_teacher(config, allow_random)
     load_shard_writer(fmt)
+    # Last: what the writer's imports keep would otherwise land in the heap the batch just freed.
+    warm_up_teacher(teacher, batch)
     return WorkerReadiness(teacher.fingerprint_id(), started_with_single_arena())
+
+
+def warm_up_teacher(teacher: Teacher, batch: int) -> None:
+    """One forward pass over ``batch`` blank crops, the largest batch the run will embed.
+
+    A process's first batches grow its heap to the size of the teacher's activations, page by
+    page (a fault in the kernel for each; hundreds of MiB to a GiB for the larger teachers), and
+    once grown the heap is reused by every later batch. Growing it here moves most of that
+    one-time cost out of the first shards.
+    """
+    if batch > 0:
+        height, width = teacher.config.input_size
+        teacher.embed_pixels(np.zeros((batch, height, width, 3), np.uint8))
+
+
+def largest_batch(jobs: Iterable[ShardJob]) -> int:
+    """The largest teacher batch ``jobs`` will run: batches never span shards."""
+    return max((min(j.teacher_config.batch_size, j.shard.num_embeddable) for j in jobs), default=0)
 
 
 def load_shard_writer(fmt: str) -> None:
@@ -263,6 +287,8 @@ def run_shard_job(job: ShardJob, teacher: Teacher | None = None) -> ShardResult:
         seconds=time.perf_counter() - started,
         stages=stages.seconds,
         resources=ResourceUse.now().since(resources),
+        process=f"{socket.gethostname()}:{os.getpid()}",
+        finished_at=time.time(),
     )
 
 

@@ -41,6 +41,33 @@ def _faults_of_a_reused_large_block() -> int:
     return faults
 
 
+def _page_faults_of_a_first_real_batch(config, batch: int) -> int:
+    """Minor page faults of this process while its teacher embeds its first batch of ``batch`` real-sized crops.
+
+    Runs as a Dask task; the worker's teacher is built here unless it was warmed up before.
+    """
+    import resource
+
+    import numpy as np
+
+    from pipeline.worker import _worker_teacher
+
+    teacher = _worker_teacher(config, True)
+    height, width = config.input_size
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    teacher.embed_pixels(pixels)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def _cluster_settings() -> dict:
+    import dask
+
+    from pipeline.runner import LOCAL_CLUSTER_SETTINGS
+
+    return {name: dask.config.get(name) for name in LOCAL_CLUSTER_SETTINGS}
+
+
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory, pets_dir):
     return _write_manifest(tmp_path_factory.mktemp("manifest") / "pets-tiny.yaml", pets_dir, (1, 10))
@@ -124,3 +151,46 @@ def test_workers_started_without_one_arena_fault_and_are_reported(
             assert distill_main([*args, "--scheduler", cluster.scheduler_address]) == 0
     assert verify_directory(out)[0] == []
     assert read_manifest(out).num_boxes == read_manifest(in_process).num_boxes
+
+
+def test_local_cluster_workers_grow_their_heap_before_the_first_shard_and_get_the_settings():
+    from pipeline.runner import LOCAL_CLUSTER_SETTINGS, _OwningClient
+    from pipeline.worker import warm_up_worker
+    from teacher import TeacherConfig
+
+    config = TeacherConfig(name="osnet_x0_25", batch_size=16)
+    with _OwningClient(2) as client:
+        warm, cold = sorted(client.nthreads())
+        client.run(warm_up_worker, config, True, "parquet", 16, workers=[warm])
+        faults = {
+            worker: client.submit(
+                _page_faults_of_a_first_real_batch, config, 16, workers=[worker], pure=False
+            ).result()
+            for worker in (warm, cold)
+        }
+        settings = client.run(_cluster_settings)
+        saturation = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION)
+    # The cold worker's first batch maps its activations in page by page; the warm one reuses
+    # most of its heap (the allocator's layout differs a little from batch to batch: 2-5k of ~20k).
+    assert faults[warm] < faults[cold] // 3, faults
+    assert all(worker_settings == LOCAL_CLUSTER_SETTINGS for worker_settings in settings.values())
+    assert saturation == LOCAL_CLUSTER_SETTINGS["distributed.scheduler.worker-saturation"]
+
+
+def test_idle_task_slots_are_split_into_gaps_between_tasks_and_the_tail():
+    from pipeline.runner import _idle_task_slots
+    from pipeline.shards.manifest import ShardEntry
+    from pipeline.worker import ShardResult
+
+    entry = ShardEntry(file="x", index=0, rows=1, boxes=1, embeddings=1, bytes=1, sha256="", plan_key="")
+
+    def task(process: str, start: float, end: float) -> ShardResult:
+        return ShardResult(entry=entry, seconds=end - start, process=process, finished_at=end)
+
+    # A 10 s run ending at t=110: worker a runs 100-104 and 104.5-110, worker b 100-106.
+    results = [task("h:a", 100, 104), task("h:a", 104.5, 110), task("h:b", 100, 106)]
+    between, tail = _idle_task_slots(results, slots=2, seconds=10.0, ended_at=110.0)
+    assert (between, tail) == pytest.approx((0.5, 4.0))
+    # A third worker that never got a shard idles for the whole run, all of it tail.
+    between, tail = _idle_task_slots(results, slots=3, seconds=10.0, ended_at=110.0)
+    assert (between, tail) == pytest.approx((0.5, 14.0))
