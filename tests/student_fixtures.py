@@ -219,3 +219,18 @@ def distill_real_pets_frames(folder: Path, pets_dir: Path, teacher_weights: Path
             "--out", str(out), "--workers", "0", "--quiet"]  # fmt: skip
     assert distill_main(args) == 0
     return out
+
+
+def small_centernet(**changes) -> ModelConfig:
+    """A CenterNet config small enough for tests at 64 x 96 (random weights); ``changes`` override."""
+    values = dict(
+        family="centernet",
+        backbone="mobilenet_v2_fpn",
+        neck_channels=(32, 32, 32),
+        head_width=32,
+        embedding_dim=8,
+        embedding_head_width=32,
+        input_height=64,
+        input_width=96,
+    )
+    return ModelConfig(**{**values, **changes})

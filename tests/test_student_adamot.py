@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from student_fixtures import small_centernet
 
 from student.centernet import CenterNetCriterion, CenterNetOutputs, build_center_targets
 from student.centernet.assignment import (
@@ -37,20 +38,6 @@ from student.sources import ShardSource
 
 STRIDE = 4
 ADAMOT = dict(assignment="adamot", classification_loss="discriminative_focal")
-
-
-def small_centernet(**changes) -> ModelConfig:
-    values = dict(
-        family="centernet",
-        backbone="mobilenet_v2_fpn",
-        neck_channels=(32, 32, 32),
-        head_width=32,
-        embedding_dim=8,
-        embedding_head_width=32,
-        input_height=64,
-        input_width=96,
-    )
-    return ModelConfig(**{**values, **changes})
 
 
 def hand_outputs(heatmap_logits: torch.Tensor, embeddings: torch.Tensor | None = None) -> CenterNetOutputs:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from student_fixtures import distill_real_pets_frames
+from student_fixtures import distill_real_pets_frames, small_centernet
 
 import student
 from student.api import load_student
@@ -35,20 +35,6 @@ from student.sources import ShardSource
 from student.transforms import detections_to_original
 
 STRIDE = 4
-
-
-def small_centernet(**changes) -> ModelConfig:
-    values = dict(
-        family="centernet",
-        backbone="mobilenet_v2_fpn",
-        neck_channels=(32, 32, 32),
-        head_width=32,
-        embedding_dim=8,
-        embedding_head_width=32,
-        input_height=64,
-        input_width=96,
-    )
-    return ModelConfig(**{**values, **changes})
 
 
 def target(boxes, ignore=None, identities=None, embeddings=None) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from student_fixtures import small_centernet
 
 import student
 from student import ModelConfig, StudentCriterion, build_student, postprocess
@@ -42,20 +43,6 @@ def small_retinanet(**changes) -> ModelConfig:
         embedding_dim=8,
         embedding_head="per_location",
         embedding_head_width=16,
-        input_height=INPUT[0],
-        input_width=INPUT[1],
-    )
-    return ModelConfig(**{**values, **changes})
-
-
-def small_centernet(**changes) -> ModelConfig:
-    values = dict(
-        family="centernet",
-        backbone="mobilenet_v2_fpn",
-        neck_channels=(32, 32, 32),
-        head_width=32,
-        embedding_dim=8,
-        embedding_head_width=32,
         input_height=INPUT[0],
         input_width=INPUT[1],
     )
