@@ -10,7 +10,7 @@ high-water mark) minus its RSS after importing torch, i.e. model + optimiser
 state + activations; on CUDA ``torch.cuda.max_memory_allocated``. ``vs det`` is
 the step time over that of mobilenet_v2_fpn without an embedding head, which is
 always measured first in the same run. Then CSTrack's options (``--options``) on
-the ``--backbone`` with the per-location head at ``--train-dim``: the reciprocal
+the ``--backbone`` with the per-location head at the first ``--train-dim``: the reciprocal
 network (REN), the scale-aware embedding map (SAAN) and both; their ``vs det``
 against the same baseline, and against that backbone's plain per-location row
 where ``--backbones`` includes it. Backbones are randomly initialised: this
@@ -47,6 +47,10 @@ core and everything runs many times slower; use ``--threads 1`` there.
     # training step per head layout of one backbone (what student/step_timing.py did)
     python benchmarks/student_speed.py --backbones mobilenet_v2_fpn --input 432 576 --batch 2 \\
         --train-heads detection_only per_location per_anchor --skip-inference
+    # the sparse head's training saving: each head evaluated at the positives and densely
+    python benchmarks/student_speed.py --backbones mobilenet_v2_fpn --input 432 576 --batch 2 \\
+        --train-heads detection_only per_location per_anchor --train-dim 128 512 --train-dense \\
+        --options --skip-inference
     # the pets09 recipes' step with and without REN / SAAN
     python benchmarks/student_speed.py --backbones mobilenet_v2_fpn --input 432 576 --batch 2 --skip-inference
 """
@@ -119,14 +123,14 @@ class HeadVariant:
     layout: str  # one of HEAD_LAYOUTS
     embedding_dim: int  # D_s; 0 for detection_only
     option: str = ""  # a key of CSTRACK_OPTIONS, or "" for none
+    dense: bool = False  # training: the embedding head on every location, not only at positives
 
     @property
     def label(self) -> str:
         if self.layout == "detection_only":
             return "detection only"
-        if self.option:
-            return f"{self.option.upper()} D_s={self.embedding_dim}"
-        return f"{self.layout} D_s={self.embedding_dim}"
+        name = self.option.upper() if self.option else self.layout
+        return f"{name} D_s={self.embedding_dim}{' dense' if self.dense else ''}"
 
     def model_config(self, backbone: str, input_size: tuple[int, int]) -> ModelConfig:
         layout_fields = {} if self.layout == "detection_only" else {"embedding_head": self.layout}
@@ -136,6 +140,7 @@ class HeadVariant:
             embedding_dim=self.embedding_dim,
             input_height=input_size[0],
             input_width=input_size[1],
+            dense_embeddings=self.dense,
             **layout_fields,  # type: ignore[arg-type]
             **option_fields,  # type: ignore[arg-type]
         )
@@ -345,7 +350,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="head layouts timed in training for every backbone (default per_location)",
     )
     parser.add_argument(
-        "--train-dim", type=int, default=128, help="D_s of the training runs' embedding heads (default 128)"
+        "--train-dim",
+        type=int,
+        nargs="+",
+        default=[128],
+        help="D_s of the training runs' embedding heads, one row per layout and D_s (default 128)",
+    )
+    parser.add_argument(
+        "--train-dense",
+        action="store_true",
+        help="also time every embedding head of the training part evaluated densely (on every "
+        "location, model.dense_embeddings) beside the default sparse one (only at the positives)",
     )
     parser.add_argument(
         "--backbone",
@@ -381,28 +396,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--input, --batch, --steps, --frames, --threads and --detections must be positive")
     if args.warmup_steps < 0 or args.warmup_frames < 0:
         parser.error("--warmup-steps and --warmup-frames must be non-negative")
-    if not 0 < args.train_dim <= TEACHER_DIM:
+    if not all(0 < dim <= TEACHER_DIM for dim in args.train_dim):
         parser.error(f"--train-dim must be within 1..{TEACHER_DIM} (the synthetic teacher's size)")
     return args
 
 
 def run_training_part(args: argparse.Namespace, device: torch.device) -> None:
     input_size = tuple(args.input)
+    densities = (False, True) if args.train_dense else (False,)
     heads = [
-        DETECTION_ONLY if layout == "detection_only" else HeadVariant(layout, args.train_dim)
+        DETECTION_ONLY if layout == "detection_only" else HeadVariant(layout, dim, dense=dense)
         for layout in args.train_heads
+        for dim in (args.train_dim if layout != "detection_only" else args.train_dim[:1])
+        for dense in (densities if layout != "detection_only" else (False,))
     ]
     runs = [(BASELINE_BACKBONE, DETECTION_ONLY)]
     runs += [
         (backbone, head) for backbone in args.backbones for head in heads if (backbone, head) not in runs
     ]
-    runs += [(args.backbone, HeadVariant("per_location", args.train_dim, option)) for option in args.options]
+    runs += [
+        (args.backbone, HeadVariant("per_location", args.train_dim[0], option)) for option in args.options
+    ]
     memory_label = "peak MB" if device.type == "cuda" else "peak RSS MB"
     print(
         f"\nTraining step: batch {args.batch}, median of {args.steps} steps after {args.warmup_steps} "
         "warm-up, one fresh process per row"
     )
-    print(f"{'backbone':<18} {'head':<24} {'s/step':>8} {'forward s':>10} {memory_label:>12} {'vs det':>7}")
+    print(f"{'backbone':<18} {'head':<28} {'s/step':>8} {'forward s':>10} {memory_label:>12} {'vs det':>7}")
     baseline_seconds = None
     for backbone, head in runs:
         request = TrainingRequest(
@@ -418,7 +438,7 @@ def run_training_part(args: argparse.Namespace, device: torch.device) -> None:
         result = measure_training_in_fresh_process(request)
         baseline_seconds = baseline_seconds or result.seconds_per_step
         print(
-            f"{backbone:<18} {head.label:<24} {result.seconds_per_step:>8.3f} {result.forward_seconds:>10.3f} "
+            f"{backbone:<18} {head.label:<28} {result.seconds_per_step:>8.3f} {result.forward_seconds:>10.3f} "
             f"{result.peak_memory_mb:>12.0f} {result.seconds_per_step / baseline_seconds:>6.2f}x",
             flush=True,
         )

@@ -3,6 +3,7 @@
     python -m student.train                                  # configs/pets09.yaml on out/shards-pets
     python -m student.train --config configs/pets09-det.yaml # its detection-only twin
     python -m student.train --resume out/train-pets09        # continue from the last checkpoint there
+    python -m student.train --set model.embedding_dim=512 --out out/train-pets09-512  # one key changed
     torchrun --nproc-per-node 4 -m student.train --config configs/paper.yaml
 
 Command-line options override the recipe (a YAML file in configs/, see
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.shards import ShardError
-from tdt.config import ConfigError
+from tdt.config import ConfigError, apply_overrides
 from tdt.process import configure_for_cli
 
 from .backbones import BackboneWeightsError
@@ -75,6 +76,14 @@ def _add_recipe_options(recipe: argparse._ArgumentGroup) -> None:
         metavar="CHECKPOINT_OR_DIR",
         help="continue from a checkpoint (a .pt file, or a run directory: its last.pt); the recipe must match "
         "the checkpoint's apart from where/how it runs and --max-steps",
+    )
+    recipe.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one recipe key, VALUE read as YAML (repeatable), e.g. --set model.embedding_dim=512 "
+        "--set model.embedding_head=per_anchor; applied before the options below",
     )
     recipe.add_argument(
         "--print-config", action="store_true", help="print the resolved recipe as YAML and exit"
@@ -165,6 +174,11 @@ def recipe_from_arguments(args: argparse.Namespace) -> tuple[TrainConfig, Path |
         config = TrainConfig.from_dict(load_checkpoint(resume).config)
     else:
         config = load_train_config(DEFAULT_CONFIG_PATH)
+    if args.set:
+        try:
+            config = TrainConfig.from_dict(apply_overrides(config.to_dict(), args.set)).with_resolved_paths()
+        except ConfigError as error:
+            raise ConfigError(f"--set {' '.join(args.set)}: {error}") from error
     data, run, optim = config.data, config.run, config.optim
     if args.shards is not None:
         data = dataclasses.replace(data, train=tuple(parse_shard_argument(text) for text in args.shards))

@@ -7,7 +7,7 @@ Every recipe, manifest and tracker setting goes through :func:`from_plain` (or t
   to a default silently); a missing key takes the field's default, and a field
   without a default must be given;
 * values are checked against the field's annotation: ``bool``, ``int``, ``float``
-  (an integer is accepted and widened), ``str``, :class:`~pathlib.Path`,
+  (an integer is accepted and widened, and so is ``1e-3``, which YAML 1.1 reads as a string), ``str``, :class:`~pathlib.Path`,
   ``Literal[...]``, ``tuple[X, ...]`` / ``tuple[X, Y]`` (from YAML lists),
   ``dict[str, X]``, nested dataclasses, ``X | None`` and unions (each option is
   tried in order; the error lists why each failed);
@@ -34,12 +34,13 @@ has its own interpolation syntax that differs from the shell's ``${VAR:-x}``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, TypeVar, get_args, get_origin
 
@@ -47,6 +48,9 @@ import yaml
 
 T = TypeVar("T")
 
+# YAML 1.1 (PyYAML) reads 1e-3 as a string, as it wants a dot and a signed exponent (1.0e-3);
+# a float field takes it as the number everyone means.
+YAML11_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -105,6 +109,33 @@ def load_config(cls: type[T], path: str | Path) -> T:
         return from_plain(cls, {} if document is None else document, where=cls.__name__)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from error
+
+
+def apply_overrides(document: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``document`` with each ``SECTION.KEY=VALUE`` override set (VALUE read as YAML).
+
+    A section the document leaves out is created; whether each key and value is valid is for
+    :func:`from_plain` to say, with the same rules as in a file (an unknown section or key is
+    refused, listing the known ones). ``model.embedding_dim=512`` sets an int,
+    ``model.embedding_head=per_anchor`` a string, ``augment.flip=false`` a bool.
+    """
+    result = copy.deepcopy(dict(document))
+    for text in overrides:
+        key, separator, value_text = text.partition("=")
+        parts = key.strip().split(".")
+        if not separator or not all(parts):
+            raise ConfigError(f"override {text!r}: expected SECTION.KEY=VALUE, e.g. model.embedding_dim=512")
+        target: Any = result
+        for depth, part in enumerate(parts[:-1]):
+            child = target.get(part) if isinstance(target, dict) else None
+            if child is None and isinstance(target, dict):
+                child = target[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override {text!r}: {where} is not a section")
+            target = child
+        target[parts[-1]] = parse_yaml(value_text, source=f"override {text!r}")
+    return result
 
 
 # ---- plain values <-> dataclasses -------------------------------------------------------------
@@ -218,6 +249,8 @@ def _scalar_from_plain(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and YAML11_EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,38 @@ def test_command_line_options_override_the_recipe(tmp_path, monkeypatch):
     assert parse_shard_argument("C:/data/shards").weight == 1.0
     with pytest.raises(ConfigError, match="weight"):
         parse_shard_argument("shards:-1")
+
+
+def test_set_overrides_one_recipe_key_with_a_yaml_value_and_refuses_unknown_keys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = str(CONFIGS_DIR / "pets09.yaml")
+    args = build_parser().parse_args(
+        ["--config", recipe, "--set", "model.embedding_head=per_anchor", "--set", "model.embedding_dim=512",
+         "--set", "loss.embedding_loss=l2+ce", "--set", "optim.learning_rate=1e-3", "--out", "run"]
+    )  # fmt: skip
+    config, _ = recipe_from_arguments(args)
+    assert (config.model.embedding_head, config.model.embedding_dim) == ("per_anchor", 512)
+    assert (config.loss.embedding_loss, config.optim.learning_rate) == ("l2+ce", 1e-3)
+    unchanged, _ = recipe_from_arguments(build_parser().parse_args(["--config", recipe, "--out", "run"]))
+    assert (
+        dataclasses.replace(
+            config,
+            model=unchanged.model,
+            loss=unchanged.loss,
+            optim=dataclasses.replace(config.optim, learning_rate=unchanged.optim.learning_rate),
+        )
+        == unchanged
+    )
+    for override, named in [
+        ("model.embeding_dim=512", "embeding_dim"),  # typo in a key
+        ("modle.embedding_dim=512", "modle"),  # typo in a section
+        ("model.embedding_dim=many", "embedding_dim"),  # wrong type
+        ("model.embedding_dim", "SECTION.KEY=VALUE"),  # no value
+        ("model.backbone.depth=3", "model.backbone is not a section"),
+        ("model.embedding_dim=!!python/object:os.system 1", "not valid YAML"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            recipe_from_arguments(build_parser().parse_args(["--config", recipe, "--set", override]))
 
 
 # ---- record selection and the draw stream ----------------------------------------------------
