@@ -4,7 +4,8 @@
     python benchmarks/distill_throughput.py --quick    # 80 frames: a few minutes' check
 
 For every teacher, in one run, on the same real PETS09 boxes:
-- bare teacher: a tight loop of ``embed_tensor`` over pre-cut, pre-normalised batches, boxes/s,
+- bare teacher: a tight loop of ``embed_tensor`` over pre-cut, pre-normalised batches (the
+  batches the pipeline forms: each shard's boxes cut into ``--batch-size`` pieces), boxes/s,
   the faster of two ways of using the cores: one process with torch on every core, and one
   single-thread process per core each embedding its share of the batches (as the Dask workers
   do; on a small CPU two one-thread teachers often beat one two-thread teacher, and a bound
@@ -101,67 +102,82 @@ def _teacher(name: str, batch_size: int):
     return build_teacher(config, allow_random_weights=weights is None), label
 
 
-def bare_teacher_boxes_per_second(teacher, pixels) -> float:
-    """Pre-cut, pre-normalised batches through ``embed_tensor`` (pixels: uint8 (N, H, W, 3))."""
-    batch_size = teacher.config.batch_size
-    batches = [teacher.normalise(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+def bare_teacher_boxes_per_second(teacher, crops) -> float:
+    """Pre-cut, pre-normalised batches through ``embed_tensor`` (crops: the uint8 (n, H, W, 3) batches)."""
+    batches = [teacher.normalise(batch) for batch in crops]
     teacher.embed_tensor(batches[0])  # warm-up
     started = time.perf_counter()
     for batch in batches:
         teacher.embed_tensor(batch)
-    return len(pixels) / (time.perf_counter() - started)
+    return sum(len(batch) for batch in crops) / (time.perf_counter() - started)
 
 
-_WORKER_TEACHER = {}
+_WORKER_STATE: dict = {}
 
 
-def _teacher_in_worker(name: str, batch_size: int, batches) -> float:
-    """Embed ``batches`` with this process's single-thread teacher (built once); seconds taken."""
+def _load_share_in_worker(name: str, batch_size: int, batches) -> None:
+    """Build this process's single-thread teacher, keep its share of the batches, run one batch.
+
+    Outside the clock: sending the pre-cut float batches to the process (hundreds of MB) is not
+    the teacher's work, and a timed map that carried them would charge it to the teacher.
+    """
     import torch
 
     torch.set_num_threads(1)
-    if name not in _WORKER_TEACHER:
-        _WORKER_TEACHER[name] = _teacher(name, batch_size)[0]
-    teacher = _WORKER_TEACHER[name]
+    _WORKER_STATE["teacher"] = _teacher(name, batch_size)[0]
+    _WORKER_STATE["batches"] = batches
+    _WORKER_STATE["teacher"].embed_tensor(batches[0])
+
+
+def _embed_share_in_worker(_: int) -> float:
+    """Embed the kept share with the kept teacher; seconds taken."""
+    teacher = _WORKER_STATE["teacher"]
     started = time.perf_counter()
-    for batch in batches:
+    for batch in _WORKER_STATE["batches"]:
         teacher.embed_tensor(batch)
     return time.perf_counter() - started
 
 
-def bare_teacher_per_core_boxes_per_second(teacher, pixels, processes: int) -> float:
-    """One single-thread teacher per spawned process, each on its share of the pre-cut batches."""
+def bare_teacher_per_core_boxes_per_second(teacher, crops, processes: int) -> float:
+    """One single-thread teacher per spawned process, each on its share of the pre-cut batches.
+
+    Each process is a pool of its own, so that each gets exactly one share, and gets it before
+    the clock starts.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from tdt.process import configure_worker_process
 
     name, batch_size = teacher.config.name, teacher.config.batch_size
-    batches = [teacher.normalise(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    batches = [teacher.normalise(batch) for batch in crops]
     shares = [batches[i::processes] for i in range(processes)]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=configure_worker_process) as pool:
-        # warm-up: build the teacher and run one batch in every process, outside the clock
-        list(
-            pool.map(
-                _teacher_in_worker, [name] * processes, [batch_size] * processes, [[batches[0]]] * processes
-            )
-        )
+    pools = [ProcessPoolExecutor(1, mp_context=context, initializer=configure_worker_process) for _ in shares]
+    try:
+        for loading in [
+            pool.submit(_load_share_in_worker, name, batch_size, share)
+            for pool, share in zip(pools, shares, strict=True)
+        ]:
+            loading.result()
         started = time.perf_counter()
-        list(pool.map(_teacher_in_worker, [name] * processes, [batch_size] * processes, shares))
+        for embedding in [pool.submit(_embed_share_in_worker, 0) for pool in pools]:
+            embedding.result()
         seconds = time.perf_counter() - started
-    return len(pixels) / seconds
+    finally:
+        for pool in pools:
+            pool.shutdown()
+    return sum(len(batch) for batch in crops) / seconds
 
 
-def bare_teacher_cpu_ms_per_box(teacher, pixels, batches: int = 4) -> float:
-    """CPU ms per box of ``embed_tensor`` on one torch thread, over up to ``batches`` pre-cut batches."""
+def bare_teacher_cpu_ms_per_box(teacher, crops, batches: int = 4) -> float:
+    """CPU ms per box of ``embed_tensor`` on one torch thread, over ``batches`` of the pre-cut
+    batches spread over the run (shards end in short batches)."""
     import torch
 
     from pipeline.stages import ResourceUse
 
-    batch_size = teacher.config.batch_size
-    inputs = [teacher.normalise(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
-    inputs = inputs[:batches]
+    inputs = [teacher.normalise(batch) for batch in crops[:: max(1, len(crops) // batches)][:batches]]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -221,14 +237,28 @@ def bare_preprocessing(dataset, config, processes: int) -> tuple[float, dict[str
     return boxes / seconds, total_stage_seconds(s for _, s, _ in done), cpu_ms
 
 
-def all_pixels(teacher, dataset):
+def pipeline_batches(teacher, dataset, shard_size: int) -> list:
+    """The crops (uint8 (n, H, W, 3)) in the batches the pipeline forms: each shard's boxes in
+    order, cut into ``teacher.config.batch_size`` pieces (batches never span shards, so a
+    shard ends in a short one). The bare teacher runs these same batches: small shards give
+    small batches, and a small network pays more per box in a small batch."""
     import numpy as np
 
     from pipeline.stages import StageTimes
     from pipeline.worker import image_pixels
 
-    parts = [image_pixels(dataset.root, r, teacher.pixels, StageTimes()) for r in dataset.records]
-    return np.concatenate([p for p in parts if p is not None])
+    batch_size = teacher.config.batch_size
+    batches = []
+    for first in range(0, len(dataset.records), shard_size):
+        parts = [
+            image_pixels(dataset.root, r, teacher.pixels, StageTimes())
+            for r in dataset.records[first : first + shard_size]
+        ]
+        parts = [part for part in parts if part is not None and len(part)]
+        if parts:
+            shard = np.concatenate(parts)
+            batches += [shard[i : i + batch_size] for i in range(0, len(shard), batch_size)]
+    return batches
 
 
 def pipeline_run(teacher, dataset, fmt: str, layout: str, workers: int, shard_size: int):
@@ -347,21 +377,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_all(args, dataset, cores: int) -> tuple[list[Row], dict[str, float]]:
     rows: list[Row] = []
-    bare_pre, bare_stages, pre_cpu_ms, pixels = None, {}, 0.0, None
+    bare_pre, bare_stages, pre_cpu_ms, crops = None, {}, 0.0, None
     for name in args.teachers:
         teacher, weights = _teacher(name, args.batch_size)
-        if pixels is None:  # the same for every teacher: same input size, mean and std
+        if crops is None:  # the same for every teacher: same input size, mean, std and batch size
             bare_pre, bare_stages, pre_cpu_ms = bare_preprocessing(dataset, teacher.config, cores)
-            pixels = all_pixels(teacher, dataset)
-        all_cores = bare_teacher_boxes_per_second(teacher, pixels)
-        per_core = bare_teacher_per_core_boxes_per_second(teacher, pixels, cores)
+            crops = pipeline_batches(teacher, dataset, args.shard_size)
+        all_cores = bare_teacher_boxes_per_second(teacher, crops)
+        per_core = bare_teacher_per_core_boxes_per_second(teacher, crops, cores)
         bare = max(all_cores, per_core)
         print(
             f"  {name}: bare teacher {all_cores:.1f} boxes/s with {cores} threads, {per_core:.1f} as "
             f"{cores} one-thread processes; the faster is the teacher's rate",
             flush=True,
         )
-        teacher_cpu_ms = bare_teacher_cpu_ms_per_box(teacher, pixels)
+        teacher_cpu_ms = bare_teacher_cpu_ms_per_box(teacher, crops)
         runs = [(fmt, DEFAULT_LAYOUT, args.workers) for fmt in args.formats]
         if args.preprocess_workers:
             runs.append((args.formats[0], GPU_LAYOUT, args.preprocess_workers))

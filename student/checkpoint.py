@@ -29,25 +29,14 @@ import torch
 
 from tdt.weights_only import failure_reason, refused_global
 
+from .config import INFERENCE_SETTINGS
+
 CHECKPOINT_KIND = "tdt-student-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 LAST_CHECKPOINT_NAME = "last.pt"
 STEP_CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
 # save_checkpoint and CheckpointKeeper write ".<name>.tmp-<pid>" and rename it when complete.
 _TEMPORARY_CHECKPOINT_PATTERN = re.compile(r"^\.(?:step_\d+\.pt|last\.pt)\.tmp-(\d+)$")
-# ModelConfig keys that change what inference keeps, not the shapes of the weights:
-# a tracker may load a checkpoint with other thresholds.
-NON_ARCHITECTURE_MODEL_KEYS: frozenset[str] = frozenset(
-    {
-        "score_thresh",
-        "nms_thresh",
-        "detections_per_image",
-        "candidates_per_level",
-        "input_height",
-        "input_width",
-        "dense_embeddings",
-    }
-)
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -321,7 +310,7 @@ def load_checkpoint(
     path: Path | str,
     expected_config: Mapping[str, Any] | Any | None = None,
     *,
-    ignore_keys: Collection[str] = NON_ARCHITECTURE_MODEL_KEYS,
+    ignore_keys: Collection[str] = INFERENCE_SETTINGS,
     expected_teacher_id: str | None = None,
     map_location: str | torch.device = "cpu",
 ) -> TrainingCheckpoint:

@@ -35,6 +35,22 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# ModelConfig keys that change what inference keeps and how, not the shapes of the weights: a
+# checkpoint may be loaded, and a Detector run, with other values than it was trained with.
+INFERENCE_SETTINGS: frozenset[str] = frozenset(
+    {
+        "input_height",
+        "input_width",
+        "score_thresh",
+        "nms_thresh",
+        "peak_nms_thresh",
+        "detections_per_image",
+        "candidates_per_level",
+        "dense_embeddings",
+    }
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(PlainConfig):
     """Architecture and inference settings of the student (one class: person).
@@ -59,7 +75,12 @@ class ModelConfig(PlainConfig):
     heads read the last) and ``box_encoding`` (``ltrb`` distances from the
     centre, or ``wh``); its heads' hidden width is ``head_width`` (the
     embedding head's ``embedding_head_width``), and ``detections_per_image`` is
-    its top-K of heatmap peaks.
+    its top-K of heatmap peaks. ``peak_nms_thresh`` (null: FairMOT's 3x3
+    max-pool alone) adds a box NMS at that IoU over the peaks: a student trained
+    with several positives per object (AdaMOT's one-to-k assignment) leaves
+    several peaks per person that the max-pool keeps when they are more than one
+    cell apart. It is an inference setting, like the thresholds: a checkpoint
+    may be loaded with another value.
 
     Two options from CSTrack (Liang et al., "Rethinking the Competition Between
     Detection and ReID in Multiobject Tracking"), both off by default and both
@@ -104,6 +125,7 @@ class ModelConfig(PlainConfig):
     detections_per_image: int = 500
     candidates_per_level: int = 1000
     dense_embeddings: bool = False
+    peak_nms_thresh: float | None = None
     neck_channels: tuple[int, ...] = (256, 128, 64)
     box_encoding: CenterBoxEncoding = "ltrb"
     reciprocal_network: bool = False
@@ -159,6 +181,10 @@ class ModelConfig(PlainConfig):
         )
         _require(0.0 <= self.score_thresh < 1.0, "score_thresh must be within [0, 1)")
         _require(0.0 < self.nms_thresh <= 1.0, "nms_thresh must be within (0, 1]")
+        _require(
+            self.peak_nms_thresh is None or 0.0 < self.peak_nms_thresh <= 1.0,
+            "peak_nms_thresh must be null or within (0, 1]",
+        )
         self._check_cstrack_options()
 
     def _check_cstrack_options(self) -> None:

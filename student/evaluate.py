@@ -280,6 +280,7 @@ def evaluate_model(
             "input_size": list(config.input_size),
             "score_thresh": config.score_thresh,
             "nms_thresh": config.nms_thresh,
+            "peak_nms_thresh": config.peak_nms_thresh,
             "detections_per_image": config.detections_per_image,
             "match_iou": MATCH_IOU,
         },
@@ -319,6 +320,7 @@ def evaluate_checkpoint(
     device: str | torch.device = "cpu",
     batch_size: int = 4,
     score_thresh: float | None = None,
+    peak_nms_thresh: float | None = None,
     progress: bool = False,
     verify_shards: bool = True,
 ) -> EvaluationReport:
@@ -338,6 +340,8 @@ def evaluate_checkpoint(
     inference_config = model.config
     if score_thresh is not None:
         inference_config = dataclasses.replace(inference_config, score_thresh=score_thresh)
+    if peak_nms_thresh is not None:
+        inference_config = dataclasses.replace(inference_config, peak_nms_thresh=peak_nms_thresh)
     dataset = StudentDataset(
         list(sources),
         DatasetOptions(
@@ -402,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset-root", help="image root overriding the one recorded in the shard manifests"
     )
     parser.add_argument("--score-thresh", type=float, help="detection score threshold (default: the model's)")
+    parser.add_argument(
+        "--peak-nms",
+        type=float,
+        metavar="IOU",
+        help="CenterNet students: also a box NMS at this IoU over the heatmap peaks (default: the "
+        "model's peak_nms_thresh, usually none); for students trained with several positives per object",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument(
@@ -444,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             batch_size=args.batch_size,
             score_thresh=args.score_thresh,
+            peak_nms_thresh=args.peak_nms,
             progress=not args.quiet,
             verify_shards=not args.no_verify,
         )

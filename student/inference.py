@@ -16,23 +16,10 @@ import torch
 from torch import nn
 
 from .augment import Placement
-from .config import ModelConfig
+from .config import INFERENCE_SETTINGS, ModelConfig
 from .detections import InputDetections
 from .families import model_family
 from .transforms import bgr_to_input_tensor, detections_to_original
-
-# settings that may differ between the trained model and how it is run
-INFERENCE_SETTINGS = frozenset(
-    {
-        "input_height",
-        "input_width",
-        "score_thresh",
-        "nms_thresh",
-        "detections_per_image",
-        "candidates_per_level",
-        "dense_embeddings",
-    }
-)
 
 
 def postprocess(outputs: Any, config: ModelConfig) -> list[InputDetections]:

@@ -28,8 +28,8 @@ from pipeline.shards import MANIFEST_NAME
 from tdt.config import ConfigError, PlainConfig, expand_path, load_yaml
 
 from .augment import AugmentConfig
-from .checkpoint import NON_ARCHITECTURE_MODEL_KEYS, config_differences
-from .config import LossConfig, ModelConfig, check_loss_fits_model
+from .checkpoint import config_differences
+from .config import INFERENCE_SETTINGS, LossConfig, ModelConfig, check_loss_fits_model
 from .schedule import CosineWarmup
 from .sources import ShardSource
 
@@ -250,7 +250,7 @@ RESUME_MAY_CHANGE: frozenset[str] = frozenset(
         "optim.max_steps",
         "data.validation",
         "data.loader_workers",
-        *(f"model.{key}" for key in NON_ARCHITECTURE_MODEL_KEYS - {"input_height", "input_width"}),
+        *(f"model.{key}" for key in INFERENCE_SETTINGS - {"input_height", "input_width"}),
         *(
             f"run.{key}"
             for key in (

@@ -163,6 +163,36 @@ def test_decoding_keeps_local_maxima_above_the_threshold_up_to_top_k():
     assert strict.anchor_indices.tolist() == [18, 54]
 
 
+def test_peak_nms_merges_peaks_of_one_box_that_the_max_pool_keeps_image_by_image():
+    """Two peaks two cells apart predicting the same box (what k positives per object can
+    leave): the 3x3 max-pool keeps both, a box NMS keeps the better; other boxes, other images
+    and the order (image by image, best first) are untouched."""
+    single = hand_outputs((8, 8), embedding_dim=0)
+    batch = CenterNetOutputs(
+        heatmap_logits=single.heatmap_logits.detach().repeat(2, 1, 1, 1),
+        box=torch.full((2, 4, 8, 8), 1.5),  # every cell predicts a 3x3-cell box around itself
+        offset=single.offset.detach().repeat(2, 1, 1, 1),
+        embeddings=None,
+        features=single.features.repeat(2, 1, 1, 1),
+        stride=STRIDE,
+        image_size=single.image_size,
+    )
+    with torch.no_grad():
+        batch.heatmap_logits[0, 0, 2, 2], batch.heatmap_logits[0, 0, 2, 4] = 2.0, 1.0  # two cells apart
+        batch.heatmap_logits[0, 0, 6, 6] = 1.5
+        batch.heatmap_logits[1, 0, 3, 3], batch.heatmap_logits[1, 0, 3, 4] = 0.6, 0.8  # one cell apart
+        batch.box[0, :, 2, 4] = torch.tensor([3.0, 1.5, 0.0, 1.5])  # IoU 0.71 with the (2, 2) box
+    plain = decode_center_outputs(batch, small_centernet(embedding_dim=0, score_thresh=0.5))
+    assert [found.anchor_indices.tolist() for found in plain] == [[18, 54, 20], [28]]
+    merged = decode_center_outputs(
+        batch, small_centernet(embedding_dim=0, score_thresh=0.5, peak_nms_thresh=0.5)
+    )
+    assert [found.anchor_indices.tolist() for found in merged] == [[18, 54], [28]]
+    torch.testing.assert_close(merged[0].boxes, plain[0].boxes[:2])
+    with pytest.raises(ConfigError, match="peak_nms_thresh"):
+        small_centernet(peak_nms_thresh=0.0)
+
+
 # ---- losses ----------------------------------------------------------------------------------
 def test_penalty_reduced_focal_loss_matches_a_hand_computed_value():
     logits = torch.tensor([0.0, math.log(3.0), -math.log(3.0)])  # p = 0.5, 0.75, 0.25

@@ -286,13 +286,18 @@ def test_load_detector_reports_checkpoint_problems_as_source_errors(tmp_path, ch
         load_detector(tmp_path / "empty.pt")
 
 
-def test_detections_per_image_overrides_the_checkpoints_cap(pets_dir, checkpoints):
+def test_detections_per_image_and_peak_nms_override_the_checkpoints_settings(pets_dir, checkpoints):
     image = cv2.imread(str(pets_dir / "img1" / "000001.jpg"))
     assert len(load_detector(checkpoints["one-stage"]).detect(image).score) == 12  # TINY_MODEL's cap
     capped = load_detector(checkpoints["one-stage"], "cpu", detections_per_image=5)
     assert capped.embedding_dim == 16 and len(capped.detect(image).score) == 5
     with pytest.raises(SourceError, match="detections per image must be >= 1"):
         load_detector(checkpoints["one-stage"], "cpu", detections_per_image=0)
+    with_peak_nms = load_detector(checkpoints["one-stage"], "cpu", 5, peak_nms_thresh=0.4)
+    assert (with_peak_nms.config.peak_nms_thresh, with_peak_nms.config.detections_per_image) == (0.4, 5)
+    assert load_detector(checkpoints["one-stage"]).config.peak_nms_thresh is None
+    with pytest.raises(SourceError, match="peak NMS IoU"):
+        load_detector(checkpoints["one-stage"], "cpu", peak_nms_thresh=1.5)
 
 
 # ---- the real entry points ---------------------------------------------------------------------

@@ -93,6 +93,15 @@ def add_detections_per_image_option(parser: argparse.ArgumentParser) -> None:
         help="keep at most this many detections per image after NMS (default: the checkpoint's "
         "detections_per_image; students trained since the default was raised keep 500)",
     )
+    parser.add_argument(
+        "--peak-nms",
+        type=float,
+        default=None,
+        metavar="IOU",
+        help="CenterNet students: also suppress heatmap peaks whose boxes overlap a better one at "
+        "IoU > this (default: the checkpoint's peak_nms_thresh; usually none, the 3x3 max-pool alone). "
+        "For students trained with several positives per object (AdaMOT's assignment)",
+    )
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:

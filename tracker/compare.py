@@ -178,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> ComparisonConfig:
         teacher=teacher_config_from_args(args),
         device=args.device,
         detections_per_image=args.detections_per_image,
+        peak_nms_thresh=args.peak_nms,
         threads=threads_from_args(args),
         show_progress=not args.no_progress,
     )

@@ -89,6 +89,7 @@ class ComparisonConfig:
     teacher: TeacherConfig | None = None
     device: str = "cpu"  # torch device of the students
     detections_per_image: int | None = None  # overrides the checkpoints' cap (None: their own)
+    peak_nms_thresh: float | None = None  # overrides the CenterNet checkpoints' peak NMS (None: their own)
     threads: int | None = None  # torch threads the caller set up; recorded in the report
     show_progress: bool = True
 
@@ -218,17 +219,13 @@ def build_entries(
     entries: list[TrackerEntry] = []
     notes: list[str] = []
     if config.one_stage is not None:
-        one_stage = OneStageDetection(
-            _student(config.one_stage, config.device, "--one-stage", config.detections_per_image)
-        )
+        one_stage = OneStageDetection(_student(config.one_stage, config, "--one-stage"))
         entries.append(TrackerEntry("one-stage", "one-stage (L2)", lambda sequence, truth: one_stage))
     for item in config.labelled_one_stage:
-        stage = OneStageDetection(
-            _student(item.path, config.device, f"--one-stage {item.label}=", config.detections_per_image)
-        )
+        stage = OneStageDetection(_student(item.path, config, f"--one-stage {item.label}="))
         entries.append(TrackerEntry(item.label, item.label, lambda sequence, truth, stage=stage: stage))
     if config.ce is not None:
-        ce = OneStageDetection(_student(config.ce, config.device, "--ce", config.detections_per_image))
+        ce = OneStageDetection(_student(config.ce, config, "--ce"))
         entries.append(TrackerEntry("ce", "one-stage (CE)", lambda sequence, truth: ce))
     if teacher is not None:
         entries += _teacher_entries(config, teacher, notes)
@@ -241,8 +238,8 @@ def _teacher(config: ComparisonConfig) -> TeacherLike:
     return load_teacher(config.teacher)
 
 
-def _student(path: Path, device: str, option: str, detections_per_image: int | None) -> DetectorLike:
-    detector = load_detector(path, device, detections_per_image)
+def _student(path: Path, config: ComparisonConfig, option: str) -> DetectorLike:
+    detector = load_detector(path, config.device, config.detections_per_image, config.peak_nms_thresh)
     if not detector.embedding_dim:
         raise SourceError(
             f"{option} {path}: detection-only checkpoint (no embedding head); pass it as --two-stage"
@@ -253,7 +250,9 @@ def _student(path: Path, device: str, option: str, detections_per_image: int | N
 def _teacher_entries(config: ComparisonConfig, teacher: TeacherLike, notes: list[str]) -> list[TrackerEntry]:
     entries = []
     if config.two_stage is not None:
-        detector = load_detector(config.two_stage, config.device, config.detections_per_image)
+        detector = load_detector(
+            config.two_stage, config.device, config.detections_per_image, config.peak_nms_thresh
+        )
         if detector.embedding_dim:
             notes.append(
                 f"--two-stage {config.two_stage} has an embedding head: its embeddings are ignored, "

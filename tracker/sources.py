@@ -449,15 +449,21 @@ def _nonzero_rows(embedding: np.ndarray | None) -> npt.NDArray[np.bool_]:
 
 
 def load_detector(
-    checkpoint: Path, device: str = "cpu", detections_per_image: int | None = None
+    checkpoint: Path,
+    device: str = "cpu",
+    detections_per_image: int | None = None,
+    peak_nms_thresh: float | None = None,
 ) -> DetectorLike:
     """``student.load`` with its checkpoint errors turned into one-line :class:`SourceError`.
 
     ``detections_per_image`` overrides the checkpoint's cap on detections kept per
-    image after NMS (None: the checkpoint's own).
+    image after NMS, ``peak_nms_thresh`` its CenterNet peak NMS IoU (None: the
+    checkpoint's own).
     """
     if detections_per_image is not None and detections_per_image < 1:
         raise SourceError(f"detections per image must be >= 1, got {detections_per_image}")
+    if peak_nms_thresh is not None and not 0.0 < peak_nms_thresh <= 1.0:
+        raise SourceError(f"peak NMS IoU must be within (0, 1], got {peak_nms_thresh}")
     if not Path(checkpoint).is_file():
         raise SourceError(f"{checkpoint}: no such checkpoint file")
     import student
@@ -468,10 +474,14 @@ def load_detector(
         detector = student.load(checkpoint, device)
     except (CheckpointError, ConfigError) as error:
         raise SourceError(one_line(str(error))) from error
-    if detections_per_image is None:
+    changes: dict[str, object] = {}
+    if detections_per_image is not None:
+        changes["detections_per_image"] = detections_per_image
+    if peak_nms_thresh is not None:
+        changes["peak_nms_thresh"] = peak_nms_thresh
+    if not changes:
         return detector
-    config = dataclasses.replace(detector.config, detections_per_image=detections_per_image)
-    return Detector(detector.model, config, device)
+    return Detector(detector.model, dataclasses.replace(detector.config, **changes), device)
 
 
 def load_teacher(config: TeacherConfig) -> TeacherLike:

@@ -125,6 +125,7 @@ def job_from_args(args: argparse.Namespace) -> TrackingJob:
         frame_rate=args.fps,
         device=args.device,
         detections_per_image=args.detections_per_image,
+        peak_nms_thresh=args.peak_nms,
         tracker_config=tracker_config_from_args(args),
         render=args.render,
         trail_length=args.trail_length,

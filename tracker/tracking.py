@@ -58,6 +58,7 @@ class TrackingJob:
     frame_rate: float | None = None
     device: str = "cpu"
     detections_per_image: int | None = None  # overrides the checkpoint's cap (None: its own)
+    peak_nms_thresh: float | None = None  # CenterNet peak NMS IoU (None: the checkpoint's)
     tracker_config: TrackerConfig = field(default_factory=TrackerConfig)
     render: bool = False
     trail_length: int = DEFAULT_TRAIL_LENGTH
@@ -88,7 +89,7 @@ def track_input(job: TrackingJob) -> TrackingRun:
 
 def choose_stage(job: TrackingJob) -> DetectionStage:
     """One-stage or two-stage detection for the job's checkpoint and mode."""
-    detector = load_detector(job.checkpoint, job.device, job.detections_per_image)
+    detector = load_detector(job.checkpoint, job.device, job.detections_per_image, job.peak_nms_thresh)
     one_stage = bool(detector.embedding_dim) if job.mode == "auto" else job.mode == "one-stage"
     if one_stage:
         if job.teacher_weights_given:

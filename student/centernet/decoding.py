@@ -2,7 +2,8 @@
 
 A peak is a cell whose probability equals the maximum of its 3x3
 neighbourhood (the max-pool replaces NMS). The ``detections_per_image``
-highest peaks (FairMOT keeps 500) at or above ``score_thresh`` are kept; the
+highest peaks (FairMOT keeps 500) at or above ``score_thresh`` are kept
+(with ``peak_nms_thresh``, then a box NMS among them at that IoU); the
 box is read at the peak cell, centred at cell + predicted offset, and scaled
 by the stride to input pixels (the :class:`student.inference.Detector` then
 maps them back through the letterbox). The embedding head is read at the
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import clip_boxes_to_image
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from ..config import ModelConfig
 from ..detections import InputDetections
@@ -53,6 +54,16 @@ def decode_center_outputs(outputs: CenterNetOutputs, config: ModelConfig) -> lis
         outputs.heatmap_logits, config.detections_per_image, config.score_thresh
     )
     boxes = decode_boxes(outputs, image_index, cell_index)
+    if config.peak_nms_thresh is not None:
+        # batched_nms orders by score across images; the kept positions sorted back give the
+        # peaks' own order: image by image, best first
+        kept = batched_nms(boxes, scores, image_index, config.peak_nms_thresh).sort().values
+        image_index, cell_index, scores, boxes = (
+            image_index[kept],
+            cell_index[kept],
+            scores[kept],
+            boxes[kept],
+        )
     embeddings = None
     if outputs.has_embeddings:
         embeddings = F.normalize(outputs.cell_embeddings(image_index, cell_index).float(), dim=1)
