@@ -338,12 +338,12 @@ def test_the_options_are_validated_with_errors_naming_the_key():
         ("pets09-centernet-ce-adamot.yaml", "pets09-centernet-ce.yaml"),
     ],
 )
-def test_the_adamot_recipes_differ_from_their_base_only_in_the_adamot_keys(recipe, base):
+def test_the_adamot_recipes_differ_from_their_base_only_in_the_adamot_keys_and_the_peak_nms(recipe, base):
     config, reference = load_train_config(CONFIGS_DIR / recipe), load_train_config(CONFIGS_DIR / base)
     assert config.loss == dataclasses.replace(reference.loss, assignment="adamot", positives_per_object=7,
                                               classification_loss="discriminative_focal")  # fmt: skip
-    assert (config.model, config.data, config.optim, config.augment) == (
-        reference.model, reference.data, reference.optim, reference.augment)  # fmt: skip
+    assert config.model == dataclasses.replace(reference.model, peak_nms_thresh=0.5)  # k peaks per person
+    assert (config.data, config.optim, config.augment) == (reference.data, reference.optim, reference.augment)
     assert config.run.out_dir != reference.run.out_dir
 
 

@@ -186,6 +186,7 @@ def test_compare_writes_every_report_with_every_tracker(
         assert f"| {label} |" in report
     assert "| Tracker | HOTA | MOTA | IDF1 | DetA | AssA | IDs | FP | FN | AP@0.5 | FPS |" in report
     assert "PETS09-S2L1-half1: MOT15, MOT17-04-FRCNN: MOT17" in report
+    assert "every student detector ran with detections_per_image 12 instead of its checkpoint's" in report
 
     with open(out / "results.csv") as stream:
         rows = list(csv.DictReader(stream))

@@ -127,6 +127,7 @@ def run_comparison(config: ComparisonConfig) -> list[TrackerResult]:
     """Run, score and report every requested tracker on every sequence."""
     sequences = open_comparison_sequences(config.sequences, config.frame_range)
     notes = [note for item in sequences for note in item.sequence.notes]
+    notes += _student_override_notes(config)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     entries, entry_notes = build_entries(config, sequences)
@@ -236,6 +237,15 @@ def _teacher(config: ComparisonConfig) -> TeacherLike:
     if config.teacher is None:
         raise SourceError("the two-stage, oracle and public trackers need a teacher config")
     return load_teacher(config.teacher)
+
+
+def _student_override_notes(config: ComparisonConfig) -> list[str]:
+    overrides = {
+        "detections_per_image": config.detections_per_image,
+        "peak_nms_thresh": config.peak_nms_thresh,
+    }
+    given = ", ".join(f"{name} {value}" for name, value in overrides.items() if value is not None)
+    return [f"every student detector ran with {given} instead of its checkpoint's"] if given else []
 
 
 def _student(path: Path, config: ComparisonConfig, option: str) -> DetectorLike:
