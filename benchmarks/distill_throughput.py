@@ -2,6 +2,7 @@
 
     python benchmarks/distill_throughput.py            # 200 PETS09 frames, 3 teachers, 2 formats
     python benchmarks/distill_throughput.py --quick    # 80 frames: a few minutes' check
+    python benchmarks/distill_throughput.py --teachers osnet_x1_0 --formats parquet --rounds 3
 
 For every teacher, in one run, on the same real PETS09 boxes:
 - bare teacher: a tight loop of ``embed_tensor`` over pre-cut, pre-normalised batches (the
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -338,11 +340,21 @@ def _parser() -> argparse.ArgumentParser:
         "--shard-size", type=int, default=8, help="images per shard (small: balanced workers)"
     )
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="per teacher, alternate the bare teacher and the pipeline runs this many times and "
+        "report medians (the machine's speed drifts between runs; default 1)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     frames = args.frames or (80 if args.quick else 200)
     import torch
 
@@ -383,41 +395,56 @@ def run_all(args, dataset, cores: int) -> tuple[list[Row], dict[str, float]]:
         if crops is None:  # the same for every teacher: same input size, mean, std and batch size
             bare_pre, bare_stages, pre_cpu_ms = bare_preprocessing(dataset, teacher.config, cores)
             crops = pipeline_batches(teacher, dataset, args.shard_size)
-        all_cores = bare_teacher_boxes_per_second(teacher, crops)
-        per_core = bare_teacher_per_core_boxes_per_second(teacher, crops, cores)
-        bare = max(all_cores, per_core)
-        print(
-            f"  {name}: bare teacher {all_cores:.1f} boxes/s with {cores} threads, {per_core:.1f} as "
-            f"{cores} one-thread processes; the faster is the teacher's rate",
-            flush=True,
-        )
         teacher_cpu_ms = bare_teacher_cpu_ms_per_box(teacher, crops)
         runs = [(fmt, DEFAULT_LAYOUT, args.workers) for fmt in args.formats]
         if args.preprocess_workers:
             runs.append((args.formats[0], GPU_LAYOUT, args.preprocess_workers))
-        for fmt, layout, workers in runs:
-            report = pipeline_run(teacher, dataset, fmt, layout, workers, args.shard_size)
-            row = Row(
-                name,
-                weights,
-                fmt,
-                layout,
-                bare,
-                bare_pre,
-                report.boxes_per_second,
-                report.boxes_embedded_now,
-                report,
-                teacher_cpu_ms,
-                pre_cpu_ms,
+        bare_rates: list[float] = []
+        reports: dict[tuple, list] = {run: [] for run in runs}
+        # Rounds alternate the bare teacher and the pipeline, so that a slow stretch of the
+        # machine lands on both sides instead of on one of them.
+        for round_index in range(args.rounds):
+            all_cores = bare_teacher_boxes_per_second(teacher, crops)
+            per_core = bare_teacher_per_core_boxes_per_second(teacher, crops, cores)
+            bare_rates.append(max(all_cores, per_core))
+            print(
+                f"  {name}{_round_label(round_index, args.rounds)}: bare teacher {all_cores:.1f} boxes/s with "
+                f"{cores} threads, {per_core:.1f} as {cores} one-thread processes; the faster is the teacher's rate",
+                flush=True,
             )
+            for fmt, layout, workers in runs:
+                report = pipeline_run(teacher, dataset, fmt, layout, workers, args.shard_size)
+                reports[(fmt, layout, workers)].append(report)
+                print(
+                    f"  {name}{_round_label(round_index, args.rounds)} ({weights}) {fmt} {layout}: pipeline "
+                    f"{report.boxes_per_second:.1f} boxes/s ({report.boxes_per_second / bare_rates[-1]:.2f} of "
+                    "this round's teacher)",
+                    flush=True,
+                )
+        bare = statistics.median(bare_rates)
+        for (fmt, layout, _), run_reports in reports.items():
+            # the round with the median pipeline rate gives the row its CPU and stage figures
+            report = sorted(run_reports, key=lambda r: r.boxes_per_second)[len(run_reports) // 2]
+            row = Row(name, weights, fmt, layout, bare, bare_pre, statistics.median(
+                r.boxes_per_second for r in run_reports), report.boxes_embedded_now, report,
+                teacher_cpu_ms, pre_cpu_ms)  # fmt: skip
             rows.append(row)
             print(
                 f"  {name} ({weights}) {fmt} {layout}: teacher {bare:.1f}, pipeline {row.pipeline:.1f} boxes/s "
-                f"({row.pipeline / bare:.2f} of teacher, {row.pipeline / row.bound:.2f} of bound); CPU ms per box "
-                f"{row.pipeline_cpu_ms:.2f} against {teacher_cpu_ms + pre_cpu_ms:.2f} for teacher + pre-processing",
+                f"({row.pipeline / bare:.2f} of teacher, {row.pipeline / row.bound:.2f} of bound){_median_note(args.rounds)}; "
+                f"CPU ms per box {row.pipeline_cpu_ms:.2f} against {teacher_cpu_ms + pre_cpu_ms:.2f} for teacher + "
+                "pre-processing",
                 flush=True,
             )
     return rows, bare_stages
+
+
+def _round_label(round_index: int, rounds: int) -> str:
+    return f" round {round_index + 1}/{rounds}" if rounds > 1 else ""
+
+
+def _median_note(rounds: int) -> str:
+    return f", medians of {rounds} rounds" if rounds > 1 else ""
 
 
 if __name__ == "__main__":
