@@ -7,10 +7,10 @@ Every recipe, manifest and tracker setting goes through :func:`from_plain` (or t
   to a default silently); a missing key takes the field's default, and a field
   without a default must be given;
 * values are checked against the field's annotation: ``bool``, ``int``, ``float``
-  (an integer is accepted and widened, and so is ``1e-3``, which YAML 1.1 reads as a string), ``str``, :class:`~pathlib.Path`,
-  ``Literal[...]``, ``tuple[X, ...]`` / ``tuple[X, Y]`` (from YAML lists),
-  ``dict[str, X]``, nested dataclasses, ``X | None`` and unions (each option is
-  tried in order; the error lists why each failed);
+  (an integer is accepted and widened, and so is ``1e-3``, which YAML 1.1 reads as a
+  string), ``str``, :class:`~pathlib.Path`, ``Literal[...]``, ``tuple[X, ...]`` /
+  ``tuple[X, Y]`` (from YAML lists), ``dict[str, X]``, nested dataclasses, ``X | None``
+  and unions (each option is tried in order; the error lists why each failed);
 * a dataclass's own ``__post_init__`` check that raises ``ValueError`` becomes a
   :class:`ConfigError` naming where in the document it happened;
 * YAML is read with ``yaml.SafeLoader`` (no Python object tags) and a key that

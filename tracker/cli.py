@@ -85,7 +85,7 @@ def add_frame_range_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_detections_per_image_option(parser: argparse.ArgumentParser) -> None:
+def add_student_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--detections-per-image",
         type=int,

@@ -40,8 +40,8 @@ from pathlib import Path
 
 from tracker.cli import (
     HelpFormatter,
-    add_detections_per_image_option,
     add_frame_range_option,
+    add_student_inference_options,
     add_teacher_options,
     add_threads_option,
     add_tracker_config_option,
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_frame_range_option(parser)
     add_tracker_config_option(parser)
     parser.add_argument("--device", default="cpu", help="torch device of the students")
-    add_detections_per_image_option(parser)
+    add_student_inference_options(parser)
     add_threads_option(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tracker.cli import (
     HelpFormatter,
-    add_detections_per_image_option,
     add_frame_range_option,
+    add_student_inference_options,
     add_teacher_options,
     add_threads_option,
     add_tracker_config_option,
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the video header, 30 for image folders",
     )
     parser.add_argument("--device", default="cpu", help="torch device of the student, e.g. cpu or cuda:0")
-    add_detections_per_image_option(parser)
+    add_student_inference_options(parser)
     add_threads_option(parser)
     add_tracker_config_option(parser)
     parser.add_argument("--render", action="store_true", help="also write <out>/<sequence>.mp4 (mp4v)")
