@@ -153,7 +153,8 @@ def bare_teacher_per_core_boxes_per_second(teacher, crops, processes: int) -> fl
 
     name, batch_size = teacher.config.name, teacher.config.batch_size
     batches = [teacher.normalise(batch) for batch in crops]
-    shares = [batches[i::processes] for i in range(processes)]
+    # fewer batches than processes (a tiny --frames): only as many processes as there are shares
+    shares = [share for share in (batches[i::processes] for i in range(processes)) if share]
     context = multiprocessing.get_context("spawn")
     pools = [ProcessPoolExecutor(1, mp_context=context, initializer=configure_worker_process) for _ in shares]
     try:
@@ -425,9 +426,20 @@ def run_all(args, dataset, cores: int) -> tuple[list[Row], dict[str, float]]:
         for (fmt, layout, _), run_reports in reports.items():
             # the round with the median pipeline rate gives the row its CPU and stage figures
             report = sorted(run_reports, key=lambda r: r.boxes_per_second)[len(run_reports) // 2]
-            row = Row(name, weights, fmt, layout, bare, bare_pre, statistics.median(
-                r.boxes_per_second for r in run_reports), report.boxes_embedded_now, report,
-                teacher_cpu_ms, pre_cpu_ms)  # fmt: skip
+            pipeline = statistics.median(r.boxes_per_second for r in run_reports)
+            row = Row(
+                name,
+                weights,
+                fmt,
+                layout,
+                bare,
+                bare_pre,
+                pipeline,
+                report.boxes_embedded_now,
+                report,
+                teacher_cpu_ms,
+                pre_cpu_ms,
+            )
             rows.append(row)
             print(
                 f"  {name} ({weights}) {fmt} {layout}: teacher {bare:.1f}, pipeline {row.pipeline:.1f} boxes/s "
