@@ -404,11 +404,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_training_part(args: argparse.Namespace, device: torch.device) -> None:
     input_size = tuple(args.input)
     densities = (False, True) if args.train_dense else (False,)
-    heads = [
-        DETECTION_ONLY if layout == "detection_only" else HeadVariant(layout, dim, dense=dense)
-        for layout in args.train_heads
-        for dim in (args.train_dim if layout != "detection_only" else args.train_dim[:1])
-        for dense in (densities if layout != "detection_only" else (False,))
+    embedding_layouts = [layout for layout in args.train_heads if layout != "detection_only"]
+    heads = [DETECTION_ONLY] if "detection_only" in args.train_heads else []
+    heads += [
+        HeadVariant(layout, dim, dense=dense)
+        for layout in embedding_layouts
+        for dim in args.train_dim
+        for dense in densities
     ]
     runs = [(BASELINE_BACKBONE, DETECTION_ONLY)]
     runs += [
