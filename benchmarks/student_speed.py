@@ -47,10 +47,11 @@ core and everything runs many times slower; use ``--threads 1`` there.
     # training step per head layout of one backbone (what student/step_timing.py did)
     python benchmarks/student_speed.py --backbones mobilenet_v2_fpn --input 432 576 --batch 2 \\
         --train-heads detection_only per_location per_anchor --skip-inference
-    # the sparse head's training saving: each head evaluated at the positives and densely
+    # the sparse head's training saving: each head evaluated at the positives (BN statistics of
+    # the whole map, or of the positives only) and densely
     python benchmarks/student_speed.py --backbones mobilenet_v2_fpn --input 432 576 --batch 2 \\
         --train-heads detection_only per_location per_anchor --train-dim 128 512 --train-dense \\
-        --options --skip-inference
+        --train-assigned-statistics --options --skip-inference
     # the pets09 recipes' step with and without REN / SAAN
     python benchmarks/student_speed.py --backbones mobilenet_v2_fpn --input 432 576 --batch 2 --skip-inference
 """
@@ -124,13 +125,16 @@ class HeadVariant:
     embedding_dim: int  # D_s; 0 for detection_only
     option: str = ""  # a key of CSTRACK_OPTIONS, or "" for none
     dense: bool = False  # training: the embedding head on every location, not only at positives
+    # training, sparse head: BN statistics of the positives' windows, not of the whole map
+    assigned_statistics: bool = False
 
     @property
     def label(self) -> str:
         if self.layout == "detection_only":
             return "detection only"
         name = self.option.upper() if self.option else self.layout
-        return f"{name} D_s={self.embedding_dim}{' dense' if self.dense else ''}"
+        evaluation = " dense" if self.dense else " assigned-BN" if self.assigned_statistics else ""
+        return f"{name} D_s={self.embedding_dim}{evaluation}"
 
     def model_config(self, backbone: str, input_size: tuple[int, int]) -> ModelConfig:
         layout_fields = {} if self.layout == "detection_only" else {"embedding_head": self.layout}
@@ -141,6 +145,7 @@ class HeadVariant:
             input_height=input_size[0],
             input_width=input_size[1],
             dense_embeddings=self.dense,
+            embedding_norm_statistics="assigned" if self.assigned_statistics else "map",
             **layout_fields,  # type: ignore[arg-type]
             **option_fields,  # type: ignore[arg-type]
         )
@@ -363,6 +368,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "location, model.dense_embeddings) beside the default sparse one (only at the positives)",
     )
     parser.add_argument(
+        "--train-assigned-statistics",
+        action="store_true",
+        help="also time every sparse embedding head of the training part with "
+        "model.embedding_norm_statistics=assigned (BN statistics and hidden conv at the positives "
+        "only) beside the default map statistics (hidden conv over the whole map)",
+    )
+    parser.add_argument(
         "--backbone",
         choices=BACKBONE_NAMES,
         default=BASELINE_BACKBONE,
@@ -403,14 +415,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_training_part(args: argparse.Namespace, device: torch.device) -> None:
     input_size = tuple(args.input)
-    densities = (False, True) if args.train_dense else (False,)
+    evaluations = [{}]  # sparse, map statistics
+    if args.train_assigned_statistics:
+        evaluations.append({"assigned_statistics": True})
+    if args.train_dense:
+        evaluations.append({"dense": True})
     embedding_layouts = [layout for layout in args.train_heads if layout != "detection_only"]
     heads = [DETECTION_ONLY] if "detection_only" in args.train_heads else []
     heads += [
-        HeadVariant(layout, dim, dense=dense)
+        HeadVariant(layout, dim, **evaluation)
         for layout in embedding_layouts
         for dim in args.train_dim
-        for dense in densities
+        for evaluation in evaluations
     ]
     runs = [(BASELINE_BACKBONE, DETECTION_ONLY)]
     runs += [
@@ -424,7 +440,7 @@ def run_training_part(args: argparse.Namespace, device: torch.device) -> None:
         f"\nTraining step: batch {args.batch}, median of {args.steps} steps after {args.warmup_steps} "
         "warm-up, one fresh process per row"
     )
-    print(f"{'backbone':<18} {'head':<28} {'s/step':>8} {'forward s':>10} {memory_label:>12} {'vs det':>7}")
+    print(f"{'backbone':<18} {'head':<34} {'s/step':>8} {'forward s':>10} {memory_label:>12} {'vs det':>7}")
     baseline_seconds = None
     for backbone, head in runs:
         request = TrainingRequest(
@@ -440,7 +456,7 @@ def run_training_part(args: argparse.Namespace, device: torch.device) -> None:
         result = measure_training_in_fresh_process(request)
         baseline_seconds = baseline_seconds or result.seconds_per_step
         print(
-            f"{backbone:<18} {head.label:<28} {result.seconds_per_step:>8.3f} {result.forward_seconds:>10.3f} "
+            f"{backbone:<18} {head.label:<34} {result.seconds_per_step:>8.3f} {result.forward_seconds:>10.3f} "
             f"{result.peak_memory_mb:>12.0f} {result.seconds_per_step / baseline_seconds:>6.2f}x",
             flush=True,
         )

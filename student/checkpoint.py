@@ -110,6 +110,8 @@ _MODEL_CONFIG_KEYS_ADDED = {
     "box_encoding": "ltrb",
     "reciprocal_network": False,
     "scale_aware_embedding": False,
+    # checkpoints from before the key trained their sparse head with these statistics
+    "embedding_norm_statistics": "assigned",
 }
 # Loss-config keys added since (read by the CenterNet family only), with their defaults.
 _LOSS_CONFIG_KEYS_ADDED = {

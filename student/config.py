@@ -22,6 +22,7 @@ EmbeddingLossMode = Literal["l2", "ce", "l2+ce"]
 IgnoreOverlap = Literal["iou", "ioa"]
 CenterBoxEncoding = Literal["ltrb", "wh"]
 LabelAssignment = Literal["centre", "adamot"]
+EmbeddingNormStatistics = Literal["map", "assigned"]
 ClassificationLoss = Literal["focal", "discriminative_focal"]
 
 MODEL_FAMILY_NAMES: tuple[str, ...] = get_args(ModelFamilyName)
@@ -35,8 +36,9 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-# ModelConfig keys that change what inference keeps and how, not the shapes of the weights: a
-# checkpoint may be loaded, and a Detector run, with other values than it was trained with.
+# ModelConfig keys that change what inference keeps and how (or how the embedding head is
+# evaluated), not the shapes of the weights: a checkpoint may be loaded, and a Detector run, with
+# other values than it was trained with.
 INFERENCE_SETTINGS: frozenset[str] = frozenset(
     {
         "input_height",
@@ -47,6 +49,7 @@ INFERENCE_SETTINGS: frozenset[str] = frozenset(
         "detections_per_image",
         "candidates_per_level",
         "dense_embeddings",
+        "embedding_norm_statistics",
     }
 )
 
@@ -65,12 +68,18 @@ class ModelConfig(PlainConfig):
     Images are letterboxed to ``input_height`` x ``input_width`` (aspect kept).
     ``dense_embeddings`` runs the embedding head on every location of every
     level instead of only at the anchors the loss or the detections read: the
-    same embeddings at inference, other BN batch statistics in training (see
+    same embeddings at inference and, with ``embedding_norm_statistics: map``
+    (the default), the same loss and gradients in training, at the cost of the
+    output conv on every location. ``embedding_norm_statistics: assigned``
+    gives the sparse head's BN in training the statistics of the locations its
+    loss reads instead of the whole map's: cheaper (the hidden conv too runs
+    only there) but, measured here, worse detection on unseen frames (see
     :mod:`student.sparse_head`).
 
     Keys read by one family only. RetinaNet: ``fpn_channels``, ``head_depth``,
     ``anchor_*``, ``embedding_head``, ``share_embedding_convs_across_levels``,
-    ``nms_thresh``, ``candidates_per_level``. CenterNet (:mod:`student.centernet`):
+    ``nms_thresh``, ``candidates_per_level``, ``embedding_norm_statistics`` (CenterNet's
+    embedding head has no BN). CenterNet (:mod:`student.centernet`):
     ``neck_channels`` (the upsampling neck's widths at strides 16, 8 and 4; the
     heads read the last) and ``box_encoding`` (``ltrb`` distances from the
     centre, or ``wh``); its heads' hidden width is ``head_width`` (the
@@ -125,6 +134,7 @@ class ModelConfig(PlainConfig):
     detections_per_image: int = 500
     candidates_per_level: int = 1000
     dense_embeddings: bool = False
+    embedding_norm_statistics: EmbeddingNormStatistics = "map"
     peak_nms_thresh: float | None = None
     neck_channels: tuple[int, ...] = (256, 128, 64)
     box_encoding: CenterBoxEncoding = "ltrb"
@@ -162,6 +172,10 @@ class ModelConfig(PlainConfig):
         _require(
             self.box_encoding in get_args(CenterBoxEncoding),
             f"box_encoding must be one of {get_args(CenterBoxEncoding)}",
+        )
+        _require(
+            self.embedding_norm_statistics in get_args(EmbeddingNormStatistics),
+            f"embedding_norm_statistics must be one of {get_args(EmbeddingNormStatistics)}",
         )
         _require(self.embedding_dim >= 0, "embedding_dim must be >= 0 (0: detection only)")
         _require(

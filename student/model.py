@@ -177,7 +177,10 @@ class StudentDetector(nn.Module):
                 embeddings = self.embedding_head(reid_features)
             else:
                 sparse_embeddings = SparseEmbeddings(
-                    self.embedding_head, tuple(reid_features), self.config.anchors_per_location
+                    self.embedding_head,
+                    tuple(reid_features),
+                    self.config.anchors_per_location,
+                    map_statistics=self.config.embedding_norm_statistics == "map",
                 )
         return StudentOutputs(
             class_logits=self.classification_head(detection_features),

@@ -172,6 +172,10 @@ def test_checkpoints_of_the_older_layout_still_load(tmp_path):
     torch.testing.assert_close(loaded.teacher_mean_embedding, mean)
     assert dict(loaded.extra) == {"train_images": 5}
     assert loaded.model_config["family"] == loaded.config["model"]["family"] == "retinanet"
+    # trained before the key existed, so with the sparse head's statistics of that time; a resumed
+    # run keeps them
+    assert loaded.model_config["embedding_norm_statistics"] == "assigned"
+    assert loaded.config["model"]["embedding_norm_statistics"] == "assigned"
     with pytest.raises(CheckpointError, match="family: checkpoint 'retinanet', expected 'anchor_free'"):
         load_checkpoint(path, expected_config={**MODEL_CONFIG, "family": "anchor_free"})
 

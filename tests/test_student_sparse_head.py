@@ -105,14 +105,17 @@ def test_sparse_equals_dense_at_every_anchor_in_eval_mode(layout: str, shared: b
     torch.testing.assert_close(sparse, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_batch_statistics_over_every_location_are_the_dense_ones():
-    """With every location gathered, training-mode BN sees what the dense BN sees."""
+@pytest.mark.parametrize("map_statistics", [True, False], ids=["map", "assigned"])
+def test_batch_statistics_over_every_location_are_the_dense_ones(map_statistics: bool):
+    """With every location gathered, training-mode BN sees what the dense BN sees in both modes."""
     dense_head = small_head("per_anchor", shared=True).train()
     sparse_head = small_head("per_anchor", shared=True).train()
     features = pyramid(batch=2)
     images, anchors = every_anchor(features)
     expected = dense_at(dense_head, features, images, anchors)
-    sparse = embeddings_at_anchors(sparse_head, features, images, anchors, ANCHORS_PER_LOCATION)
+    sparse = embeddings_at_anchors(
+        sparse_head, features, images, anchors, ANCHORS_PER_LOCATION, map_statistics=map_statistics
+    )
     torch.testing.assert_close(sparse, expected, rtol=1e-4, atol=1e-5)
     for dense_norm, sparse_norm in zip(
         dense_head.branches[0].norms, sparse_head.branches[0].norms, strict=True
@@ -121,28 +124,69 @@ def test_batch_statistics_over_every_location_are_the_dense_ones():
         torch.testing.assert_close(sparse_norm.running_var, dense_norm.running_var)
 
 
-def test_batch_statistics_come_from_the_gathered_windows_only():
+@pytest.mark.parametrize(("layout", "shared"), HEAD_VARIANTS)
+def test_map_statistics_give_the_dense_loss_gradients_and_running_statistics(layout: str, shared: bool):
+    """A few anchors, training mode: the dense head's outputs there, the same gradients to the
+    head and to the features, and every level's running statistics moved as the dense BN's."""
+    dense_head = small_head(layout, shared).train()
+    sparse_head = small_head(layout, shared).train()
+    dense_features = [f.requires_grad_() for f in pyramid(batch=2)]
+    sparse_features = [f.detach().clone().requires_grad_() for f in dense_features]
+    # corners of P3 and P4 only: P5..P7 are read by no anchor
+    images = torch.tensor([0, 1, 1, 0])
+    anchors = torch.tensor([0, 16 * 20 * 3 - 1, 16 * 20 * 3 + 5, 16 * 20 * 3 + 8 * 10 * 3 - 2])
+    target = torch.randn(len(anchors), 4, generator=torch.Generator().manual_seed(3))
+    expected = dense_at(dense_head, dense_features, images, anchors)
+    sparse = embeddings_at_anchors(sparse_head, sparse_features, images, anchors, ANCHORS_PER_LOCATION)
+    torch.testing.assert_close(sparse, expected, rtol=1e-4, atol=1e-5)
+    ((expected - target) ** 2).sum().backward()
+    ((sparse - target) ** 2).sum().backward()
+    for (name, dense_parameter), sparse_parameter in zip(
+        dense_head.named_parameters(), sparse_head.parameters(), strict=True
+    ):
+        assert sparse_parameter.grad is not None, name
+        torch.testing.assert_close(sparse_parameter.grad, dense_parameter.grad, rtol=1e-4, atol=1e-5)
+    for dense_level, sparse_level in zip(dense_features, sparse_features, strict=True):
+        assert dense_level.grad is not None
+        # a level no anchor reads: no gradient at all on the sparse side, zeros on the dense one
+        sparse_gradient = (
+            sparse_level.grad if sparse_level.grad is not None else torch.zeros_like(sparse_level)
+        )
+        torch.testing.assert_close(sparse_gradient, dense_level.grad, rtol=1e-4, atol=1e-5)
+    dense_norms = [m for m in dense_head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    sparse_norms = [m for m in sparse_head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for dense_norm, sparse_norm in zip(dense_norms, sparse_norms, strict=True):
+        torch.testing.assert_close(sparse_norm.running_mean, dense_norm.running_mean)
+        torch.testing.assert_close(sparse_norm.running_var, dense_norm.running_var)
+
+
+def test_assigned_statistics_come_from_the_gathered_windows_only():
     head = small_head("per_location", shared=True).train()
     features = pyramid(batch=1)
     norm = head.branches[0].norms[0]
     before = norm.running_mean.clone()
     untouched_level = head.branches[0].norms[1].running_mean.clone()
     # one P3 location in the corner: its 3x3 hidden neighbourhood holds 4 in-map positions
-    embeddings_at_anchors(head, features, torch.tensor([0]), torch.tensor([0]), ANCHORS_PER_LOCATION)
+    embeddings_at_anchors(
+        head, features, torch.tensor([0]), torch.tensor([0]), ANCHORS_PER_LOCATION, map_statistics=False
+    )
     hidden = head.branches[0].hidden(features[0])[0, :, :2, :2].flatten(1)
     expected = (1 - norm.momentum) * before + norm.momentum * hidden.mean(dim=1)
     torch.testing.assert_close(norm.running_mean, expected.detach())
     assert torch.equal(head.branches[0].norms[1].running_mean, untouched_level)
 
 
-def test_a_single_hidden_position_in_training_uses_the_running_statistics():
+@pytest.mark.parametrize("map_statistics", [True, False], ids=["map", "assigned"])
+def test_a_single_hidden_position_in_training_uses_the_running_statistics(map_statistics: bool):
     head = small_head("per_location", shared=True).train()
     features = pyramid(batch=1)
     features[-1] = features[-1][:, :, :1, :1]  # a 1x1 P7: one hidden position, no batch variance
     norm = head.branches[0].norms[4]
     running_mean = norm.running_mean.clone()
     last_anchor = torch.tensor([sum(f.shape[-2] * f.shape[-1] for f in features) * ANCHORS_PER_LOCATION - 1])
-    trained = embeddings_at_anchors(head, features, torch.tensor([0]), last_anchor, ANCHORS_PER_LOCATION)
+    trained = embeddings_at_anchors(
+        head, features, torch.tensor([0]), last_anchor, ANCHORS_PER_LOCATION, map_statistics=map_statistics
+    )
     assert torch.equal(norm.running_mean, running_mean)
     head.eval()
     with torch.no_grad():
@@ -309,6 +353,32 @@ def test_sparse_and_dense_losses_are_equal_and_gradients_reach_the_head(layout: 
         ):
             assert parameter.grad is not None and parameter.grad.any()
     assert levels_with_gradient > 0
+
+
+@pytest.mark.parametrize(("layout", "shared"), [HEAD_VARIANTS[0], HEAD_VARIANTS[3]])
+def test_training_with_map_statistics_is_dense_training(layout: str, shared: bool):
+    """The default sparse head, in training mode: the dense head's loss and gradients."""
+    # float64: the backbone's gradients sum many terms, and float32 rounding alone moves a few by 1e-4
+    dense_model = small_student(layout, shared, dense_embeddings=True).double().train()
+    sparse_model = small_student(layout, shared).double().train()
+    assert sparse_model.config.embedding_norm_statistics == "map"
+    sparse_model.load_state_dict(dense_model.state_dict())
+    criterion = StudentCriterion(LossConfig(), dense_model.config)
+    images = torch.rand(2, 3, *SMALL_INPUT, dtype=torch.float64)
+    targets = random_targets(2, dense_model.config.embedding_dim)
+    dense = criterion(dense_model(images), targets)
+    sparse = criterion(sparse_model(images), targets)
+    assert sparse.num_embedding_anchors == dense.num_embedding_anchors > 0
+    torch.testing.assert_close(sparse.total, dense.total, rtol=1e-10, atol=1e-12)
+    dense.total.backward()
+    sparse.total.backward()
+    for (name, dense_parameter), sparse_parameter in zip(
+        dense_model.named_parameters(), sparse_model.parameters(), strict=True
+    ):
+        if dense_parameter.grad is None:
+            assert sparse_parameter.grad is None or not sparse_parameter.grad.any(), name
+            continue
+        torch.testing.assert_close(sparse_parameter.grad, dense_parameter.grad, rtol=1e-9, atol=1e-12)
 
 
 def test_levels_without_assigned_anchors_still_take_part_in_the_graph():
