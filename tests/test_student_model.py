@@ -70,6 +70,10 @@ def test_model_config_is_strict():
         ModelConfig.from_dict({"anchor_scales": "1.0"})
     with pytest.raises(ConfigError):
         ModelConfig(embedding_head="per_pixel")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="embedding_norm_statistics: 'positives' is not one of"):
+        ModelConfig.from_dict({"embedding_norm_statistics": "positives"})
+    with pytest.raises(ConfigError, match="embedding_norm_statistics must be one of"):
+        ModelConfig(embedding_norm_statistics="positives")  # type: ignore[arg-type]
 
 
 def test_null_embedding_dim_means_detection_only():
