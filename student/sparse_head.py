@@ -28,10 +28,11 @@ output conv has A * D channels. The alternative (False) normalises with the
 statistics of the hidden positions the gathered outputs read, the locations
 on people: cheaper, and on the frames it trained on its embeddings copy the
 teacher more closely, but the students trained that way detected 3-4 AP
-points worse on frames they never saw (two seeds each), which matches the
-dense head's statistics doing more than describe background: their
-gradients reach every location's features, and a wider spread of values
-means smaller gradients into the features on people. When every location is
+points worse on frames they never saw (two seeds each). Why was not
+measured; two differences are plausible: with the whole map's statistics
+the gradients reach every location's features through the mean and
+variance, and the map's wider spread scales down the gradients into the
+features on people. When every location is
 gathered the two are the same (tested). In either mode a level whose
 statistics would come from a single hidden position has no batch variance:
 it is normalised with the running statistics and leaves them unchanged.
