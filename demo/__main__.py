@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from demo.plan import DemoOptions, plan
-from demo.stages import StageFailed, StageLog, run_stage
+from demo.stages import SideBySide, StageFailed, StageLog, run_side_by_side, run_stage
 from demo.summary import summary
 from tdt.process import configure_for_cli
 
@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the synthetic world (default: %(default)s)"
     )
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch threads per stage (default: 0, one per core)"
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per stage (default: 0, one per core); with 2 or more, the two "
+        "trainings run side by side on half of them each",
     )
     parser.add_argument(
         "--teacher-weights",
@@ -113,8 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = StageLog()
     started = time.perf_counter()
     try:
-        for stage in plan(options):
-            run_stage(stage, log)
+        for step in plan(options):
+            if isinstance(step, SideBySide):
+                run_side_by_side(step, log)
+            else:
+                run_stage(step, log)
     except StageFailed as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from demo.stages import Stage, python_module
+from demo.stages import SideBySide, Stage, python_module
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = PROJECT_ROOT / "configs"
@@ -113,14 +113,17 @@ def synthetic_sequences(world: Path) -> list[Path]:
     return sorted(path for path in (world / "mot" / "train").glob("SYNTH-*") if path.is_dir())
 
 
-def plan(options: DemoOptions) -> Iterator[Stage]:
+Step = Stage | SideBySide
+
+
+def plan(options: DemoOptions) -> Iterator[Step]:
     if options.real:
         yield from _real_plan(options)
     else:
         yield from _synthetic_plan(options)
 
 
-def _synthetic_plan(options: DemoOptions) -> Iterator[Stage]:
+def _synthetic_plan(options: DemoOptions) -> Iterator[Step]:
     paths = Artefacts(options.out)
     if options.teacher_weights is not None:
         weights = options.teacher_weights
@@ -175,7 +178,7 @@ def _synthetic_plan(options: DemoOptions) -> Iterator[Stage]:
     yield _render_stage(options, paths, sequences[0], frames=None)
 
 
-def _real_plan(options: DemoOptions) -> Iterator[Stage]:
+def _real_plan(options: DemoOptions) -> Iterator[Step]:
     paths = Artefacts(options.out)
     sequence = options.shared_data / "PETS09-S2L1-half1"
     weights = options.teacher_weights or options.shared_data / "weights" / "osnet_x0_25_msmt17.pth"
@@ -212,16 +215,29 @@ def _real_plan(options: DemoOptions) -> Iterator[Stage]:
     yield _render_stage(options, paths, sequence, frames=PETS_TEST_FRAMES)
 
 
-def _training_stages(options: DemoOptions, paths: Artefacts, data: tuple) -> Iterator[Stage]:
+def _training_stages(options: DemoOptions, paths: Artefacts, data: tuple) -> Iterator[Step]:
     chosen = recipes(options)
-    for label, recipe, run_dir in (
+    runs = (
         ("train the one-stage student (L2 to the teacher)", chosen.one_stage, paths.one_stage_run),
         ("train its detection-only twin", chosen.detection_only, paths.detection_run),
-    ):
-        yield _training_stage(options, label, recipe, run_dir, data)
+    )
+    threads = total_threads(options)
+    alone = [_training_stage(options, *run, data, threads=threads) for run in runs]
+    if threads < 2 or any(stage.skip_reason is not None for stage in alone):
+        yield from alone
+        return
+    halves = tuple(_training_stage(options, *run, data, threads=threads // 2) for run in runs)
+    yield SideBySide(halves, log_dir=paths.out / "logs")
 
 
-def _training_stage(options: DemoOptions, label: str, recipe: Path, run_dir: Path, data: tuple) -> Stage:
+def total_threads(options: DemoOptions) -> int:
+    """The threads the demo may use at once: --threads, or one per core."""
+    return options.threads if options.threads > 0 else (os.cpu_count() or 1)
+
+
+def _training_stage(
+    options: DemoOptions, label: str, recipe: Path, run_dir: Path, data: tuple, *, threads: int
+) -> Stage:
     from student.checkpoint import latest_checkpoint
 
     if options.steps is not None:
@@ -230,11 +246,12 @@ def _training_stage(options: DemoOptions, label: str, recipe: Path, run_dir: Pat
         steps = REAL_DEMO_STEPS
     else:
         steps = _recipe_steps(recipe)
-    common = ("--max-steps", steps, "--threads", options.threads)
+    common = ("--max-steps", steps, "--threads", threads)
+    progress = {"progress_log": run_dir / "train_log.csv", "progress_total": steps}
     latest = latest_checkpoint(run_dir)
     if latest is None:
         command = python_module("student.train", "--config", recipe, *data, "--out", run_dir, *common)
-        return Stage(label, command)
+        return Stage(label, command, **progress)
     reached = _checkpoint_step(latest)
     command = python_module("student.train", "--resume", run_dir, *common)
     if reached >= steps and (run_dir / "evaluation.json").is_file():
@@ -245,7 +262,7 @@ def _training_stage(options: DemoOptions, label: str, recipe: Path, run_dir: Pat
             label,
             python_module("student.evaluate", "--checkpoint", latest, "--out", run_dir / "evaluation.json"),
         )
-    return Stage(label, command)
+    return Stage(label, command, **progress)
 
 
 def _recipe_steps(recipe: Path) -> int:
@@ -331,4 +348,4 @@ def still_path(options: DemoOptions, sequence: Path) -> Path:
 
 
 def _threads(options: DemoOptions) -> tuple:
-    return ("--threads", options.threads) if options.threads > 0 else ("--threads", os.cpu_count() or 1)
+    return ("--threads", total_threads(options))

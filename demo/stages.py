@@ -9,6 +9,12 @@ second ``make demo`` (or one after an interruption) reuses the finished work:
 - the comparison and the rendering leave a stamp (``.demo-stamp.json`` in their
   output folder) holding the command and the size and mtime of every input it
   read; a stage with a matching stamp is skipped.
+
+Two trainings that both have work to do run side by side (:class:`SideBySide`),
+each on half the threads: two one-thread trainings on two cores finish sooner
+than the same two one after the other on two threads each, because a small
+model's step does not use two threads fully. Their output goes to log files and
+the demo draws one progress bar per training from each run's ``train_log.csv``.
 """
 
 from __future__ import annotations
@@ -48,6 +54,18 @@ class Stage:
     # Folder holding the stamp; None for stages that are resumable on their own.
     stamp_dir: Path | None = None
     skip_reason: str | None = None
+    # For a training run side by side: the run's train_log.csv and its last step, read to
+    # draw its progress bar while its own output goes to a log file.
+    progress_log: Path | None = None
+    progress_total: int = 0
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """Stages started together, each in its own process, their output in ``log_dir``."""
+
+    stages: tuple[Stage, ...]
+    log_dir: Path
 
 
 @dataclass
@@ -118,3 +136,106 @@ def run_stage(stage: Stage, log: StageLog, *, environment: dict[str, str] | None
         raise StageFailed(stage.name, stage.command, completed.returncode)
     write_stamp(stage)
     print(f"    ({log.seconds[stage.name]:.0f} s)", flush=True)
+
+
+def output_log(group: SideBySide, stage: Stage) -> Path:
+    """Where a side-by-side stage's own output (its progress bar, warnings, errors) goes."""
+    folder = stage.progress_log.parent.name if stage.progress_log is not None else stage.name
+    return group.log_dir / f"{folder}.log"
+
+
+def logged_step(train_log: Path | None) -> int:
+    """The last step a training wrote to its ``train_log.csv`` (0 before its first row)."""
+    if train_log is None or not train_log.is_file():
+        return 0
+    lines = train_log.read_text(encoding="utf-8").splitlines()
+    for line in reversed(lines[1:]):
+        first = line.split(",", 1)[0]
+        if first.isdigit():
+            return int(first)
+    return 0
+
+
+def run_side_by_side(group: SideBySide, log: StageLog, *, poll_seconds: float = 1.0) -> None:
+    """Run every stage of ``group`` at once; raise StageFailed naming the first that fails.
+
+    A failure stops the others (a training resumes from its last checkpoint on the next run)
+    and prints the end of the failed stage's log.
+    """
+    from tqdm import tqdm
+
+    group.log_dir.mkdir(parents=True, exist_ok=True)
+    for stage in group.stages:
+        print(f"\n=== {stage.name}", flush=True)
+        print(f"$ {shell_line(stage.command)}", flush=True)
+        print(f"    (side by side; its output goes to {output_log(group, stage)})", flush=True)
+    print(flush=True)
+    started = time.perf_counter()
+    running: dict[str, subprocess.Popen] = {}
+    bars: dict[str, tqdm] = {}
+    handles = []
+    try:
+        for position, stage in enumerate(group.stages):
+            handle = open(output_log(group, stage), "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+            handles.append(handle)
+            running[stage.name] = subprocess.Popen(stage.command, stdout=handle, stderr=subprocess.STDOUT)
+            bars[stage.name] = tqdm(
+                total=stage.progress_total or None,
+                desc=stage.name.split(" (")[0],
+                unit="step",
+                position=position,
+                dynamic_ncols=True,
+            )
+        pending = {stage.name: stage for stage in group.stages}
+        while pending:
+            time.sleep(poll_seconds)
+            for name, stage in list(pending.items()):
+                bar = bars[name]
+                bar.update(max(0, logged_step(stage.progress_log) - bar.n))
+                returncode = running[name].poll()
+                if returncode is None:
+                    continue
+                del pending[name]
+                log.seconds[name] = round(time.perf_counter() - started, 1)
+                if returncode != 0:
+                    _stop(running)
+                    for each in bars.values():
+                        each.close()
+                    _print_tail(output_log(group, stage))
+                    raise StageFailed(name, stage.command, returncode)
+    finally:
+        _stop(running)
+        for bar in bars.values():
+            bar.close()
+        for handle in handles:
+            handle.close()
+    for stage in group.stages:
+        write_stamp(stage)
+        print(f"    {stage.name}: done ({log.seconds[stage.name]:.0f} s)", flush=True)
+        for line in _closing_lines(output_log(group, stage)):
+            print(f"      {line}", flush=True)
+
+
+# What a finished training or evaluation says about itself on its last lines.
+CLOSING_PREFIXES = ("trained steps", "AP@")
+
+
+def _closing_lines(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+    return [line for line in text.splitlines() if line.startswith(CLOSING_PREFIXES)]
+
+
+def _stop(running: dict[str, subprocess.Popen]) -> None:
+    for process in running.values():
+        if process.poll() is None:
+            process.terminate()
+    for process in running.values():
+        process.wait()
+
+
+def _print_tail(path: Path, lines: int = 30) -> None:
+    # The log holds carriage-return progress updates; show the last lines as a terminal would.
+    text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    print(f"\n--- last lines of {path}:", file=sys.stderr)
+    print("\n".join(tail), file=sys.stderr, flush=True)

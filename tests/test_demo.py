@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ def _teacher_weights_arguments() -> list[str]:
 
 
 def _run_demo(out: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "demo", "--size", "tiny", "--threads", "1", "--out", str(out)]
+    # Two threads: the two trainings run side by side, one thread each, as make demo runs them.
+    command = [sys.executable, "-m", "demo", "--size", "tiny", "--threads", "2", "--out", str(out)]
     return subprocess.run(
         command + _teacher_weights_arguments(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
     )
@@ -74,7 +76,11 @@ def test_tiny_demo_chain_produces_every_artefact(tiny_demo) -> None:
     assert "What each row means:" in summary_text and "one-stage vs two-stage: HOTA" in summary_text
     assert f"still             {still}" in summary_text
     # every stage that ran printed its time when done
-    assert completed.stdout.count(" s)\n") >= 8
+    assert completed.stdout.count(" s)\n") >= 9
+    # the trainings ran side by side, their own output in log files
+    assert "side by side" in completed.stdout
+    for run in ("train-l2", "train-det"):
+        assert "trained steps" in (out / "logs" / f"{run}.log").read_text()
 
 
 @pytest.mark.slow
@@ -121,6 +127,104 @@ def test_failing_stage_names_the_command_and_leaves_no_stamp(tmp_path: Path) -> 
     with pytest.raises(StageFailed, match=r"stage 'fails' failed \(exit status 3\)"):
         run_stage(stage, StageLog())
     assert not (tmp_path / STAMP_NAME).exists()
+
+
+def _writes_steps(train_log: Path, steps: int, then: str = "") -> tuple[str, ...]:
+    """A stand-in training: writes a train_log.csv row per step, then runs ``then``."""
+    code = (
+        "import pathlib, time\n"
+        f"path = pathlib.Path({str(train_log)!r})\n"
+        "path.parent.mkdir(parents=True, exist_ok=True)\n"
+        "path.write_text('step,loss\\n')\n"
+        f"for step in range(1, {steps + 1}):\n"
+        "    with path.open('a') as stream:\n"
+        "        stream.write(f'{step},0.5\\n')\n"
+        "    time.sleep(0.05)\n"
+        "print('trained')\n" + then
+    )
+    return (sys.executable, "-c", code)
+
+
+def test_side_by_side_stages_run_at_once_and_log_their_output(tmp_path: Path) -> None:
+    from demo.stages import SideBySide, output_log, run_side_by_side
+
+    stages = tuple(
+        Stage(
+            f"train {name}",
+            _writes_steps(tmp_path / name / "train_log.csv", 6),
+            stamp_dir=tmp_path / name,
+            progress_log=tmp_path / name / "train_log.csv",
+            progress_total=6,
+        )
+        for name in ("one", "two")
+    )
+    group = SideBySide(stages, log_dir=tmp_path / "logs")
+    log = StageLog()
+    started = time.perf_counter()
+    run_side_by_side(group, log, poll_seconds=0.05)
+    elapsed = time.perf_counter() - started
+    assert set(log.seconds) == {"train one", "train two"}
+    # at once: the group takes about as long as its slower stage, not the sum of both
+    assert elapsed < sum(log.seconds.values())
+    for stage in stages:
+        assert output_log(group, stage).read_text().strip() == "trained"
+        assert stamp_matches(stage)
+
+
+def test_side_by_side_failure_stops_the_other_and_names_the_failed_command(tmp_path: Path, capsys) -> None:
+    from demo.stages import SideBySide, StageFailed, run_side_by_side
+
+    slow = Stage("train slow", _writes_steps(tmp_path / "slow" / "train_log.csv", 2000))
+    failing = Stage(
+        "train broken",
+        _writes_steps(
+            tmp_path / "broken" / "train_log.csv", 2, "print('error: bad shard'); raise SystemExit(2)"
+        ),
+        progress_log=tmp_path / "broken" / "train_log.csv",
+        progress_total=2,
+    )
+    started = time.perf_counter()
+    with pytest.raises(StageFailed, match=r"stage 'train broken' failed \(exit status 2\)"):
+        run_side_by_side(
+            SideBySide((slow, failing), log_dir=tmp_path / "logs"), StageLog(), poll_seconds=0.05
+        )
+    # the 2000-step stand-in (100 s) was stopped, not waited for
+    assert time.perf_counter() - started < 60
+    assert "error: bad shard" in capsys.readouterr().err
+
+
+def test_logged_step_reads_the_last_row_of_a_training_log(tmp_path: Path) -> None:
+    from demo.stages import logged_step
+
+    train_log = tmp_path / "train_log.csv"
+    assert logged_step(train_log) == 0
+    train_log.write_text("step,loss\n")
+    assert logged_step(train_log) == 0
+    train_log.write_text("step,loss\n10,0.5\n20,0.4\n")
+    assert logged_step(train_log) == 20
+
+
+def test_two_threads_train_the_two_students_side_by_side_on_one_thread_each(tmp_path: Path) -> None:
+    from demo.stages import SideBySide
+
+    def training_steps(threads: int) -> list:
+        options = DemoOptions(out=tmp_path, size="tiny", threads=threads, teacher_weights=tmp_path / "w.pt")
+        found = []
+        # The stages after the trainings need the generated world; stop before them.
+        for step in plan(options):
+            if isinstance(step, SideBySide) or "student.train" in step.command:
+                found.append(step)
+            elif found:
+                break
+        return found
+
+    (together,) = training_steps(2)
+    assert isinstance(together, SideBySide)
+    for stage in together.stages:
+        assert stage.command[stage.command.index("--threads") + 1] == "1"
+        assert stage.progress_log is not None and stage.progress_log.name == "train_log.csv"
+    one_at_a_time = training_steps(1)
+    assert len(one_at_a_time) == 2 and not any(isinstance(step, SideBySide) for step in one_at_a_time)
 
 
 def test_synthetic_plan_starts_with_the_teacher_fetch_and_the_world(tmp_path: Path) -> None:
