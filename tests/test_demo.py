@@ -276,3 +276,17 @@ def test_real_demo_chain_runs_on_pets09_at_tiny_size(
     # frames 301-397: 97 frames, of which the first is not timed (warm-up)
     assert {int(row["frames"]) for row in rows} == {96}
     assert "real PETS09-S2L1" in completed.stdout
+
+
+def test_side_by_side_benchmark_refuses_one_thread_and_a_missing_demo(tmp_path: Path, capsys) -> None:
+    import runpy
+
+    benchmark = runpy.run_path(str(REPO_ROOT / "benchmarks" / "side_by_side_training.py"))
+    with pytest.raises(SystemExit) as one_thread:
+        benchmark["main"](["--demo-out", str(tmp_path), "--threads", "1"])
+    assert one_thread.value.code == 2
+    assert "at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as no_demo:
+        benchmark["main"](["--demo-out", str(tmp_path / "absent"), "--threads", "2"])
+    assert no_demo.value.code == 2
+    assert "run make demo first" in capsys.readouterr().err
