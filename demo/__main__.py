@@ -128,9 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: run the demo again to resume where it stopped", file=sys.stderr)
         return 130
-    report = summary(options, log)
+    wall_seconds = time.perf_counter() - started
+    report = summary(options, log, wall_seconds)
     print(report)
-    timings = {**log.to_dict(), "wall": round(time.perf_counter() - started, 1)}
+    timings = {**log.to_dict(), "wall": round(wall_seconds, 1)}
     (options.out / "demo-timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     (options.out / "SUMMARY.md").write_text(report.lstrip("\n=") + "\n")
     return 0

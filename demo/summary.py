@@ -56,7 +56,7 @@ def _points(first: float, second: float) -> str:
     return f"{100 * first:.1f} vs {100 * second:.1f} ({100 * (first - second):+.1f} points)"
 
 
-def summary(options: DemoOptions, log: StageLog) -> str:
+def summary(options: DemoOptions, log: StageLog, wall_seconds: float) -> str:
     paths = Artefacts(options.out)
     results_text = (paths.comparison / "results.md").read_text()
     results = json.loads((paths.comparison / "results.json").read_text())
@@ -94,8 +94,10 @@ def summary(options: DemoOptions, log: StageLog) -> str:
     ]
     if not options.real:
         lines.append(f"  synthetic world   {paths.world} ({len(synthetic_sequences(paths.world))} sequences)")
-    ran = sum(log.seconds.values())
-    lines += ["", f"Stages run this time: {ran / 60:.1f} min (skipped as done: {len(log.skipped)})."]
+    lines += [
+        "",
+        f"This run: {wall_seconds / 60:.1f} min wall time (stages skipped as done: {len(log.skipped)}).",
+    ]
     return "\n".join(lines)
 
 

@@ -75,6 +75,8 @@ def test_tiny_demo_chain_produces_every_artefact(tiny_demo) -> None:
     assert "SYNTHETIC" in summary_text
     assert "What each row means:" in summary_text and "one-stage vs two-stage: HOTA" in summary_text
     assert f"still             {still}" in summary_text
+    assert "min wall time" in summary_text
+    assert json.loads((out / "demo-timings.json").read_text())["wall"] > 0
     # every stage that ran printed its time when done
     assert completed.stdout.count(" s)\n") >= 9
     # the trainings ran side by side, their own output in log files
