@@ -39,10 +39,11 @@ def track_colour(track_id: int) -> tuple[int, int, int]:
 class TrackPainter:
     """Draws boxes, IDs and trails; remembers each track's recent foot points."""
 
-    def __init__(self, trail_length: int = DEFAULT_TRAIL_LENGTH) -> None:
+    def __init__(self, trail_length: int = DEFAULT_TRAIL_LENGTH, banner: str = "") -> None:
         if trail_length < 0:
             raise ValueError(f"trail length must be >= 0, got {trail_length}")
         self.trail_length = trail_length
+        self.banner = banner
         self._trails: dict[int, deque[tuple[int, int, int]]] = {}  # id -> (frame, x, y)
 
     def draw(
@@ -63,7 +64,15 @@ class TrackPainter:
             x1, y1, x2, y2 = (round(float(v)) for v in box)
             cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
             _label(canvas, str(track_id), (x1, y1), colour, scale)
-        _label(canvas, f"frame {frame}  tracks {len(tracks)}", (0, 0), (40, 40, 40), scale, below=True)
+        heading = f"frame {frame}  tracks {len(tracks)}"
+        _label(
+            canvas,
+            f"{self.banner}  {heading}" if self.banner else heading,
+            (0, 0),
+            (40, 40, 40),
+            scale,
+            below=True,
+        )
         return canvas
 
     def _remember(self, tracks: FrameTracks, frame: int) -> None:
@@ -115,10 +124,12 @@ def write_still(path: Path, drawn_bgr: npt.NDArray[np.uint8]) -> None:
 class TrackVideoWriter:
     """Writes annotated frames to an mp4; the writer opens on the first frame (its size)."""
 
-    def __init__(self, path: Path, frame_rate: float, trail_length: int = DEFAULT_TRAIL_LENGTH) -> None:
+    def __init__(
+        self, path: Path, frame_rate: float, trail_length: int = DEFAULT_TRAIL_LENGTH, banner: str = ""
+    ) -> None:
         self.path = Path(path)
         self.frame_rate = frame_rate
-        self.painter = TrackPainter(trail_length)
+        self.painter = TrackPainter(trail_length, banner)
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         self.frames_written = 0

@@ -116,7 +116,8 @@ def _run(sequence: InputSequence, stage: DetectionStage, job: TrackingJob) -> Tr
             write_still(still_path, drawn)
             stills_written.append(still_path)
 
-    with TrackVideoWriter(video_path, sequence.frame_rate, job.trail_length) as video:
+    banner = "SYNTHETIC" if sequence.synthetic else ""
+    with TrackVideoWriter(video_path, sequence.frame_rate, job.trail_length, banner) as video:
         run = run_sequence(
             sequence,
             stage,
