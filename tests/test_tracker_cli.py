@@ -344,3 +344,12 @@ def test_cli_limits_numpy_blas_to_one_thread_unless_the_user_chose(monkeypatch):
         monkeypatch.delenv(BLAS_THREADS_VARIABLE)
         limit_numpy_blas_threads()
         assert openblas_threads() == {1}
+
+
+def test_the_chart_of_synthetic_sequences_says_so_under_its_panels() -> None:
+    from tracker.chart import draw_chart
+
+    plain, labelled = draw_chart([]), draw_chart([], synthetic=True)
+    bottom_band = slice(-15, None)  # below the legend
+    assert (plain[bottom_band] < 128).sum() == 0
+    assert (labelled[bottom_band] < 128).sum() > 0

@@ -30,17 +30,24 @@ _INK = (30, 30, 30)
 _GRID = (215, 215, 215)
 
 
-def write_chart(path: Path, results: Sequence[TrackerResult]) -> None:
+def write_chart(path: Path, results: Sequence[TrackerResult], *, synthetic: bool = False) -> None:
     """Draw the chart of ``results`` and write it as an image to ``path``."""
-    if not cv2.imwrite(str(path), draw_chart(results)):
+    if not cv2.imwrite(str(path), draw_chart(results, synthetic=synthetic)):
         raise SourceError(f"{path}: cv2 could not write the chart")
 
 
-def draw_chart(results: Sequence[TrackerResult]) -> np.ndarray:
-    """Left: MOTA, IDF1, AP@0.5 (%) per tracker; right: FPS per tracker on a log scale."""
+def draw_chart(results: Sequence[TrackerResult], *, synthetic: bool = False) -> np.ndarray:
+    """Left: MOTA, IDF1, AP@0.5 (%) per tracker; right: FPS per tracker on a log scale.
+
+    ``synthetic``: every sequence was generated; a line under the panels says so.
+    """
     width, height = CHART_SIZE
     canvas = np.full((height, width, 3), 255, np.uint8)
     top, bottom = 60, height - 70
+    if synthetic:
+        _text(
+            canvas, "SYNTHETIC sequences (python -m pipeline.synth), not real footage", (60, height - 12), 0.5
+        )
     _draw_accuracy_panel(canvas, results, left=60, right=width // 2 - 20, top=top, bottom=bottom)
     _draw_fps_panel(canvas, results, left=width // 2 + 130, right=width - 40, top=top, bottom=bottom)
     return canvas

@@ -145,7 +145,8 @@ def run_comparison(config: ComparisonConfig) -> list[TrackerResult]:
         notes=tuple(notes),
     )
     report = write_reports(config.out, results, settings)
-    write_chart(config.out / "results.png", results)
+    synthetic = all(item.sequence.synthetic for item in sequences)
+    write_chart(config.out / "results.png", results, synthetic=synthetic)
     print(report)
     print(f"wrote {config.out / 'results.md'}, results.csv, results.json, results.png")
     return results
