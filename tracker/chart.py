@@ -45,9 +45,9 @@ def draw_chart(results: Sequence[TrackerResult], *, synthetic: bool = False) -> 
     canvas = np.full((height, width, 3), 255, np.uint8)
     top, bottom = 60, height - 70
     if synthetic:
-        _text(
-            canvas, "SYNTHETIC sequences (python -m pipeline.synth), not real footage", (60, height - 12), 0.5
-        )
+        # Under the FPS panel, clear of the accuracy panel's legend.
+        notice = "SYNTHETIC sequences (python -m pipeline.synth), not real footage"
+        _text(canvas, notice, (width // 2 + 60, height - 22), 0.5)
     _draw_accuracy_panel(canvas, results, left=60, right=width // 2 - 20, top=top, bottom=bottom)
     _draw_fps_panel(canvas, results, left=width // 2 + 130, right=width - 40, top=top, bottom=bottom)
     return canvas
