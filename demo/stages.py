@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -142,8 +143,9 @@ def run_stage(stage: Stage, log: StageLog, *, environment: dict[str, str] | None
 
 def output_log(group: SideBySide, stage: Stage) -> Path:
     """Where a side-by-side stage's own output (its progress bar, warnings, errors) goes."""
-    folder = stage.progress_log.parent.name if stage.progress_log is not None else stage.name
-    return group.log_dir / f"{folder}.log"
+    if stage.progress_log is not None:
+        return group.log_dir / f"{stage.progress_log.parent.name}.log"
+    return group.log_dir / (re.sub(r"[^A-Za-z0-9]+", "-", stage.name).strip("-") + ".log")
 
 
 def logged_step(train_log: Path | None) -> int:

@@ -193,6 +193,8 @@ def test_side_by_side_failure_stops_the_other_and_names_the_failed_command(tmp_p
     # the 2000-step stand-in (100 s) was stopped, not waited for
     assert time.perf_counter() - started < 60
     assert "error: bad shard" in capsys.readouterr().err
+    # a stage without a training log of its own gets a log named after the stage
+    assert (tmp_path / "logs" / "train-slow.log").is_file()
 
 
 def test_logged_step_reads_the_last_row_of_a_training_log(tmp_path: Path) -> None:
