@@ -225,8 +225,13 @@ CLOSING_PREFIXES = ("trained steps", "AP@")
 
 
 def _closing_lines(path: Path) -> list[str]:
+    return [line for line in _log_lines(path) if line.startswith(CLOSING_PREFIXES)]
+
+
+def _log_lines(path: Path) -> list[str]:
+    """The log's lines as a terminal shows them: carriage-return progress updates split apart."""
     text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
-    return [line for line in text.splitlines() if line.startswith(CLOSING_PREFIXES)]
+    return text.splitlines()
 
 
 def _stop(running: dict[str, subprocess.Popen]) -> None:
@@ -238,8 +243,6 @@ def _stop(running: dict[str, subprocess.Popen]) -> None:
 
 
 def _print_tail(path: Path, lines: int = 30) -> None:
-    # The log holds carriage-return progress updates; show the last lines as a terminal would.
-    text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
-    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    tail = [line for line in _log_lines(path) if line.strip()][-lines:]
     print(f"\n--- last lines of {path}:", file=sys.stderr)
     print("\n".join(tail), file=sys.stderr, flush=True)
