@@ -221,7 +221,7 @@ def run_side_by_side(group: SideBySide, log: StageLog, *, poll_seconds: float = 
 
 
 # What a finished training or evaluation says about itself on its last lines.
-CLOSING_PREFIXES = ("trained steps", "AP@")
+CLOSING_PREFIXES = ("trained steps", "solved the embedding", "AP@")
 
 
 def _closing_lines(path: Path) -> list[str]:

@@ -23,6 +23,7 @@ IgnoreOverlap = Literal["iou", "ioa"]
 CenterBoxEncoding = Literal["ltrb", "wh"]
 LabelAssignment = Literal["centre", "adamot"]
 EmbeddingNormStatistics = Literal["map", "assigned"]
+EmbeddingPooling = Literal["centre", "box"]
 ClassificationLoss = Literal["focal", "discriminative_focal"]
 
 MODEL_FAMILY_NAMES: tuple[str, ...] = get_args(ModelFamilyName)
@@ -84,7 +85,15 @@ class ModelConfig(PlainConfig):
     heads read the last) and ``box_encoding`` (``ltrb`` distances from the
     centre, or ``wh``); its heads' hidden width is ``head_width`` (the
     embedding head's ``embedding_head_width``), and ``detections_per_image`` is
-    its top-K of heatmap peaks. ``peak_nms_thresh`` (null: FairMOT's 3x3
+    its top-K of heatmap peaks. ``embedding_pooling`` says where a CenterNet
+    detection's embedding is read: ``centre`` (FairMOT) from the embedding head,
+    which reads the 3x3 window at the centre cell; ``box`` from a linear readout
+    of that window plus the stride-4 map averaged over a grid of
+    ``BOX_POOLING_BINS`` cells of the detected box, the region the teacher embeds
+    (:class:`student.centernet.model.BoxPooledEmbeddingHead`). The readout is not
+    trained by SGD: the L2 loss trains the centre head as usual, which shapes the
+    shared features, and the readout is solved by least squares after the last
+    step (``optim.embedding_refit_ridge``, required). ``peak_nms_thresh`` (null: FairMOT's 3x3
     max-pool alone) adds a box NMS at that IoU over the peaks: a student trained
     with several positives per object (AdaMOT's one-to-k assignment) leaves
     several peaks per person that the max-pool keeps when they are more than one
@@ -140,6 +149,7 @@ class ModelConfig(PlainConfig):
     box_encoding: CenterBoxEncoding = "ltrb"
     reciprocal_network: bool = False
     scale_aware_embedding: bool = False
+    embedding_pooling: EmbeddingPooling = "centre"
 
     def __post_init__(self) -> None:
         _require(
@@ -200,6 +210,28 @@ class ModelConfig(PlainConfig):
             "peak_nms_thresh must be null or within (0, 1]",
         )
         self._check_cstrack_options()
+        self._check_embedding_pooling()
+
+    def _check_embedding_pooling(self) -> None:
+        _require(
+            self.embedding_pooling in get_args(EmbeddingPooling),
+            f"embedding_pooling must be one of {get_args(EmbeddingPooling)}",
+        )
+        if self.embedding_pooling == "centre":
+            return
+        _require(
+            self.family == "centernet",
+            "embedding_pooling 'box' is implemented for family 'centernet' only "
+            f"(got {self.family!r}); use embedding_pooling: centre",
+        )
+        _require(
+            self.has_embedding_head, "embedding_pooling 'box' needs an embedding head (embedding_dim > 0)"
+        )
+        _require(
+            not self.dense_embeddings,
+            "embedding_pooling 'box' reads each object's box, so there is no dense embedding map: "
+            "set dense_embeddings: false",
+        )
 
     def _check_cstrack_options(self) -> None:
         for name in ("reciprocal_network", "scale_aware_embedding"):

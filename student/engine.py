@@ -56,6 +56,7 @@ from .families import build_criterion, build_student
 from .losses import LossTerms
 from .model import StudentDetector
 from .recipe import RECIPE_NAME, TrainConfig, check_inputs_exist, recipe_differences, write_recipe
+from .refit import RefitReport, refit_embedding_head
 from .schedule import build_optimizer, replan_schedule
 from .selection import DrawStream, SelectedImages, overlapping_images, select_images
 from .train_log import IntervalMeans, TrainingLog, short_postfix
@@ -82,6 +83,7 @@ class TrainingOutcome:
     seconds_per_step: float
     is_main_process: bool
     evaluation: EvaluationReport | None = None
+    refit: RefitReport | None = None
 
 
 def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = True) -> TrainingOutcome:
@@ -359,13 +361,25 @@ class _TrainingRun:
                     bar.set_postfix(short_postfix(means), refresh=False)
                     if log is not None:
                         log.write(step, means)
-                if self.context.is_main and (step % run_config.checkpoint_every == 0 or step == max_steps):
+                refit_pending = step == max_steps and self.config.optim.embedding_refit_ridge is not None
+                if (
+                    self.context.is_main
+                    and not refit_pending
+                    and (step % run_config.checkpoint_every == 0 or step == max_steps)
+                ):
                     last_checkpoint = self._save(step)
         finally:
             bar.close()
             if log is not None:
                 log.close()
         seconds_per_step = (time.perf_counter() - started) / max(1, max_steps - self.start_step)
+        refit = None
+        ridge = self.config.optim.embedding_refit_ridge
+        if self.context.is_main and self.start_step < max_steps and ridge is not None:
+            # the last step's checkpoint holds the refit head, so that a crash during the refit
+            # resumes from the previous checkpoint and repeats the same steps
+            refit = self._refit_embedding_head(ridge)
+            last_checkpoint = self._save(max_steps)
         end_process_group(self.context)
         self.model.eval()
         return TrainingOutcome(
@@ -376,7 +390,26 @@ class _TrainingRun:
             step_losses=tuple(step_losses),
             seconds_per_step=seconds_per_step,
             is_main_process=self.context.is_main,
+            refit=refit,
         )
+
+    def _refit_embedding_head(self, ridge: float) -> RefitReport:
+        options = DatasetOptions(
+            input_size=self.config.model.input_size,
+            mode="validation",
+            verify_checksums=self.config.run.verify_shards,
+        )
+        images = StudentDataset(list(self.config.data.train), options)
+        report = refit_embedding_head(
+            self.model,
+            images,
+            ridge,
+            device=self.device,
+            batch_size=self.config.run.eval_batch_size,
+            progress=self.progress,
+        )
+        self.model.train()
+        return report
 
     def _progress_bar(self) -> tqdm:
         return tqdm(

@@ -20,6 +20,7 @@ so a checkpoint records absolute paths.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Self, get_args
@@ -67,6 +68,14 @@ class OptimConfig:
     ``batch_size x WORLD_SIZE``). Weight decay applies to weights of rank >= 2
     only (no decay on biases and normalisation parameters). The warm-up is
     capped at ``max_steps``.
+
+    ``embedding_refit_ridge`` (null: off) solves, after the last step, the layer
+    that outputs the detections' embeddings (the box readout with
+    ``model.embedding_pooling: box``, otherwise the embedding head's output conv)
+    by ridge regression to the teacher over the training images
+    (:mod:`student.refit`), with this penalty per object on the standardised
+    inputs: the exact minimiser of the L2 loss for that layer. CenterNet with
+    ``embedding_loss: l2`` only.
     """
 
     optimizer: OptimizerName = "sgd"
@@ -80,6 +89,7 @@ class OptimConfig:
     grad_clip_norm: float | None = 10.0
     batch_size: int = 2
     max_steps: int = 1000
+    embedding_refit_ridge: float | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in get_args(OptimizerName):
@@ -92,6 +102,9 @@ class OptimConfig:
             raise ConfigError("optim.grad_clip_norm must be positive or null (no clipping)")
         if self.batch_size < 1 or self.max_steps < 1 or self.warmup_steps < 0:
             raise ConfigError("optim.batch_size and optim.max_steps must be >= 1, warmup_steps >= 0")
+        ridge = self.embedding_refit_ridge
+        if ridge is not None and not (math.isfinite(ridge) and ridge > 0):
+            raise ConfigError("optim.embedding_refit_ridge must be a positive number or null (no refit)")
 
     def schedule(self) -> CosineWarmup:
         """The learning-rate multiplier per step (``LambdaLR`` of it is the scheduler)."""
@@ -143,6 +156,19 @@ class RunConfig:
             raise ConfigError("run.eval_batch_size must be >= 1")
 
 
+def _check_refit_fits(model: ModelConfig, loss: LossConfig) -> None:
+    if model.family != "centernet" or not model.has_embedding_head:
+        raise ConfigError(
+            "optim.embedding_refit_ridge refits a CenterNet embedding head: it needs model.family "
+            f"'centernet' and model.embedding_dim > 0 (got {model.family!r}, {model.embedding_dim})"
+        )
+    if loss.embedding_loss != "l2":
+        raise ConfigError(
+            "optim.embedding_refit_ridge fits the head to the teacher alone, which would undo what "
+            f"loss.embedding_loss {loss.embedding_loss!r} learnt from identities: use embedding_loss: l2"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(PlainConfig):
     """A complete training recipe; ``from_dict`` is strict, ``model`` and ``data`` are required."""
@@ -156,6 +182,13 @@ class TrainConfig(PlainConfig):
 
     def __post_init__(self) -> None:
         check_loss_fits_model(self.loss, self.model)
+        if self.optim.embedding_refit_ridge is not None:
+            _check_refit_fits(self.model, self.loss)
+        elif self.model.embedding_pooling == "box":
+            raise ConfigError(
+                "model.embedding_pooling 'box' reads embeddings from a readout solved by least squares "
+                "after the last step: set optim.embedding_refit_ridge (the demo uses 0.03)"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Self:

@@ -37,6 +37,7 @@ from .recipe import (
     load_train_config,
     resolve_config_path,
 )
+from .refit import RefitError
 from .sources import ShardSource
 
 EXIT_DIVERGED = 1
@@ -246,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"trained steps {outcome.start_step + 1}-{outcome.final_step} "
             f"({outcome.seconds_per_step:.2f} s/step); last checkpoint {outcome.last_checkpoint}"
         )
+        if outcome.refit is not None:
+            print(outcome.refit.summary())
         if outcome.evaluation is not None:
             print(outcome.evaluation.summary())
             print(f"evaluation written to {outcome.out_dir / EVALUATION_NAME}")
@@ -256,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StudentDataError,
         ShardError,
         BackboneWeightsError,
+        RefitError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

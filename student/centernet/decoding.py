@@ -66,7 +66,7 @@ def decode_center_outputs(outputs: CenterNetOutputs, config: ModelConfig) -> lis
         )
     embeddings = None
     if outputs.has_embeddings:
-        embeddings = F.normalize(outputs.cell_embeddings(image_index, cell_index).float(), dim=1)
+        embeddings = F.normalize(outputs.detection_embeddings(image_index, cell_index, boxes).float(), dim=1)
     batch_size = outputs.heatmap_logits.shape[0]
     counts = torch.bincount(image_index, minlength=batch_size).tolist()
     labels = torch.zeros_like(cell_index)

@@ -28,6 +28,11 @@ OUTPUT_STRIDE = 4
 HEATMAP_PRIOR = 0.1
 # FairMOT's initialisation of the regression and embedding heads
 REGRESSION_INIT_STD = 1e-3
+# embedding_pooling: box averages the map over this grid of (rows, columns) cells of the box:
+# a person's head, torso and legs fall in different rows, and left and right in the columns
+BOX_POOLING_BINS = (4, 2)
+# bilinear samples per bin side when averaging a bin
+BOX_POOLING_SAMPLES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +44,8 @@ class CenterNetOutputs:
     the dense embedding map when the model ran with ``dense_embeddings``;
     otherwise the head is evaluated only at the cells asked of
     :meth:`cell_embeddings`. Both are absent for a detection-only model.
+    ``box_readout`` (``embedding_pooling: box``) is the least-squares readout that
+    replaces the head's embeddings at inference (:meth:`detection_embeddings`).
     """
 
     heatmap_logits: Tensor  # (B, 1, H, W)
@@ -49,6 +56,7 @@ class CenterNetOutputs:
     embedding_head: CenterHead | None = dataclasses.field(default=None, repr=False)
     stride: int = OUTPUT_STRIDE
     image_size: tuple[int, int] = (0, 0)  # (height, width) of the input batch
+    box_readout: BoxPooledEmbeddingHead | None = dataclasses.field(default=None, repr=False)
 
     @property
     def map_size(self) -> tuple[int, int]:
@@ -59,13 +67,31 @@ class CenterNetOutputs:
         return self.embedding_head is not None
 
     def cell_embeddings(self, image_index: Tensor, cell_index: Tensor) -> Tensor:
-        """(K, D) raw embeddings at flat cells ``cell_index`` (K,) of images ``image_index`` (K,)."""
+        """(K, D) raw embeddings of the trained head at flat cells ``cell_index`` (K,) of images
+        ``image_index`` (K,): what the training losses read."""
         if self.embedding_head is None:
             raise ValueError("this model has no embedding head")
         if self.embeddings is not None:
             flat = self.embeddings.flatten(2)  # (B, D, H * W)
             return flat[image_index, :, cell_index]
         return self.embedding_head.at_cells(self.features, image_index, cell_index)
+
+    def detection_embeddings(self, image_index: Tensor, cell_index: Tensor, boxes: Tensor) -> Tensor:
+        """(K, D) raw embeddings of detections centred at ``cell_index`` with ``boxes`` (K, 4),
+        x1, y1, x2, y2 in input pixels: the box readout's where the model has one, otherwise
+        the head's (:meth:`cell_embeddings`)."""
+        if self.box_readout is not None:
+            return self.box_readout.at_boxes(self.features, image_index, cell_index, boxes, self.stride)
+        return self.cell_embeddings(image_index, cell_index)
+
+    def readout_inputs(self, image_index: Tensor, cell_index: Tensor, boxes: Tensor) -> Tensor:
+        """(K, F): what the layer that outputs :meth:`detection_embeddings` reads for each object
+        (the box readout's pooled features, or the head's hidden activations)."""
+        if self.embedding_head is None:
+            raise ValueError("this model has no embedding head")
+        if self.box_readout is not None:
+            return self.box_readout.readout_inputs(self.features, image_index, cell_index, boxes, self.stride)
+        return self.embedding_head.readout_inputs(self.features, image_index, cell_index)
 
 
 class CenterHead(nn.Module):
@@ -95,17 +121,113 @@ class CenterHead(nn.Module):
         so gathering those windows and applying both convs as matrix products equals the
         dense head there, at a cost that grows with K instead of the map's area.
         """
-        width = features.shape[-1]
-        padded = F.pad(features, (1, 1, 1, 1))
-        rows = torch.div(cell_index, width, rounding_mode="floor")
-        columns = cell_index % width
-        offsets = torch.arange(3, device=features.device)
-        window_rows = (rows[:, None] + offsets[None, :])[:, :, None]  # (K, 3, 1), padded coordinates
-        window_columns = (columns[:, None] + offsets[None, :])[:, None, :]  # (K, 1, 3)
-        windows = padded[image_index[:, None, None], :, window_rows, window_columns]  # (K, 3, 3, C)
-        windows = windows.permute(0, 3, 1, 2).flatten(1)  # (K, C * 9) in the conv weight's order
-        hidden = torch.relu(F.linear(windows, self.hidden.weight.flatten(1), self.hidden.bias))
+        hidden = self.readout_inputs(features, image_index, cell_index)
         return F.linear(hidden, self.output.weight.flatten(1), self.output.bias)
+
+    def readout_inputs(self, features: Tensor, image_index: Tensor, cell_index: Tensor) -> Tensor:
+        """(K, width): the hidden activations the output conv reads at each cell."""
+        windows = centre_windows(features, image_index, cell_index)
+        return torch.relu(F.linear(windows, self.hidden.weight.flatten(1), self.hidden.bias))
+
+
+def centre_windows(features: Tensor, image_index: Tensor, cell_index: Tensor) -> Tensor:
+    """(K, C * 9): the 3x3 window of ``features`` around each cell (zero outside the map), flattened
+    in a 3x3 conv weight's order (channel, row, column)."""
+    width = features.shape[-1]
+    padded = F.pad(features, (1, 1, 1, 1))
+    rows = torch.div(cell_index, width, rounding_mode="floor")
+    columns = cell_index % width
+    offsets = torch.arange(3, device=features.device)
+    window_rows = (rows[:, None] + offsets[None, :])[:, :, None]  # (K, 3, 1), padded coordinates
+    window_columns = (columns[:, None] + offsets[None, :])[:, None, :]  # (K, 1, 3)
+    windows = padded[image_index[:, None, None], :, window_rows, window_columns]  # (K, 3, 3, C)
+    return windows.permute(0, 3, 1, 2).flatten(1)
+
+
+def box_bins(
+    features: Tensor,
+    image_index: Tensor,
+    boxes: Tensor,
+    stride: int,
+    bins: tuple[int, int] = BOX_POOLING_BINS,
+    samples: int = BOX_POOLING_SAMPLES,
+) -> Tensor:
+    """(K, C * rows * columns): ``features`` averaged over a ``bins`` grid of each box.
+
+    Each bin is the mean of ``samples`` x ``samples`` bilinear samples at evenly spaced
+    points inside it (RoIAlign's average, written with ``grid_sample`` so that it needs no
+    compiled torchvision op). ``boxes`` are x1, y1, x2, y2 in input pixels; the map's cell
+    (i, j) covers input pixels [j * stride, (j + 1) * stride) horizontally. Samples outside
+    the map read zeros.
+    """
+    rows, columns = bins
+    channels, height, width = features.shape[1:]
+    pooled = features.new_zeros((len(boxes), channels, rows, columns))
+    fractions_y = _bin_fractions(rows * samples, boxes)
+    fractions_x = _bin_fractions(columns * samples, boxes)
+    # sample point in input pixels -> grid_sample's [-1, 1] over the map's full extent
+    points_y = boxes[:, 1:2] + fractions_y[None] * (boxes[:, 3:4] - boxes[:, 1:2])  # (K, rows * samples)
+    points_x = boxes[:, 0:1] + fractions_x[None] * (boxes[:, 2:3] - boxes[:, 0:1])  # (K, columns * samples)
+    grid_y = points_y / (stride * height) * 2 - 1
+    grid_x = points_x / (stride * width) * 2 - 1
+    for image in torch.unique(image_index).tolist():
+        chosen = torch.nonzero(image_index == image).squeeze(1)
+        grid = torch.stack(
+            [
+                grid_x[chosen][:, None, :].expand(-1, rows * samples, -1),
+                grid_y[chosen][:, :, None].expand(-1, -1, columns * samples),
+            ],
+            dim=-1,
+        )  # (k, rows * samples, columns * samples, 2)
+        stacked = grid.reshape(1, -1, columns * samples, 2)
+        sampled = F.grid_sample(
+            features[image : image + 1], stacked.to(features.dtype), align_corners=False, padding_mode="zeros"
+        )  # (1, C, k * rows * samples, columns * samples)
+        sampled = sampled.reshape(channels, len(chosen), rows * samples, columns * samples).transpose(0, 1)
+        pooled = pooled.index_copy(0, chosen, F.avg_pool2d(sampled, samples))
+    return pooled.flatten(1)
+
+
+def _bin_fractions(count: int, like: Tensor) -> Tensor:
+    """(count,): evenly spaced sample positions across [0, 1], at the middle of each step."""
+    return (torch.arange(count, device=like.device, dtype=like.dtype) + 0.5) / count
+
+
+class BoxPooledEmbeddingHead(nn.Module):
+    """The embedding read from the whole object: one linear layer over the centre 3x3 window
+    and the map averaged over a grid of the box's cells (:func:`box_bins`).
+
+    The teacher embeds the whole crop; the centre window alone sees the torso of a small
+    person but not its head or legs. The layer is not trained by SGD: it is solved by least
+    squares against the teacher once training ends (:mod:`student.refit`), on the features
+    the L2-trained centre head shaped. Evaluated only at the objects asked for, like
+    :meth:`CenterHead.at_cells`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        rows, columns = BOX_POOLING_BINS
+        self.output = nn.Linear(in_channels * (9 + rows * columns), out_channels)
+        nn.init.normal_(self.output.weight, std=REGRESSION_INIT_STD)
+        nn.init.zeros_(self.output.bias)
+
+    def readout_inputs(
+        self, features: Tensor, image_index: Tensor, cell_index: Tensor, boxes: Tensor, stride: int
+    ) -> Tensor:
+        """(K, C * (9 + bins)): what the output layer reads for each object."""
+        return torch.cat(
+            [
+                centre_windows(features, image_index, cell_index),
+                box_bins(features, image_index, boxes, stride),
+            ],
+            dim=1,
+        )
+
+    def at_boxes(
+        self, features: Tensor, image_index: Tensor, cell_index: Tensor, boxes: Tensor, stride: int
+    ) -> Tensor:
+        """(K, out_channels) for objects centred at cells ``cell_index`` with ``boxes`` (input pixels)."""
+        return self.output(self.readout_inputs(features, image_index, cell_index, boxes, stride))
 
 
 def _bilinear_upsampling_(deconv: nn.ConvTranspose2d) -> None:
@@ -195,8 +317,11 @@ class CenterNetDetector(nn.Module):
         if config.reciprocal_network:
             self.reciprocal_network = ReciprocalNetwork(channels)
         self.embedding_head: CenterHead | None = None
+        self.box_readout: BoxPooledEmbeddingHead | None = None
         if config.has_embedding_head:
             self.embedding_head = CenterHead(channels, config.embedding_head_width, config.embedding_dim)
+        if config.has_embedding_head and config.embedding_pooling == "box":
+            self.box_readout = BoxPooledEmbeddingHead(channels, config.embedding_dim).requires_grad_(False)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1), persistent=False)
 
@@ -213,6 +338,8 @@ class CenterNetDetector(nn.Module):
             dense_embeddings = self.config.dense_embeddings
         embeddings = None
         if self.embedding_head is not None and dense_embeddings:
+            if self.box_readout is not None:
+                raise ValueError("a box readout has no dense map: it reads each object's box")
             embeddings = self.embedding_head(reid_features)
         return CenterNetOutputs(
             heatmap_logits=self.heatmap_head(features),
@@ -223,4 +350,5 @@ class CenterNetDetector(nn.Module):
             embedding_head=self.embedding_head,
             stride=OUTPUT_STRIDE,
             image_size=(images.shape[-2], images.shape[-1]),
+            box_readout=self.box_readout,
         )

@@ -1,0 +1,127 @@
+"""``embedding_pooling: box`` (CenterNet): detections' embeddings read by a linear readout of the
+centre window plus the map averaged over a grid of the detected box, solved after training
+(:mod:`student.refit`, tested in test_student_refit.py) while SGD trains the centre head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from student_fixtures import small_centernet
+
+from student.api import load_student
+from student.centernet import CenterNetCriterion, decode_center_outputs
+from student.centernet.model import BOX_POOLING_BINS, BoxPooledEmbeddingHead, box_bins, centre_windows
+from student.checkpoint import CheckpointError, TrainingCheckpoint, save_checkpoint
+from student.config import ConfigError, LossConfig, ModelConfig
+from student.families import build_student
+from student.recipe import DataConfig, TrainConfig
+from student.sources import ShardSource
+
+STRIDE = 4
+
+
+def coordinate_map(height: int, width: int) -> torch.Tensor:
+    """(1, 2, H, W): channel 0 holds each cell centre's x, channel 1 its y, in input pixels."""
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) * STRIDE
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) * STRIDE
+    columns = xs.view(1, width).expand(height, width)
+    rows = ys.view(height, 1).expand(height, width)
+    return torch.stack([columns, rows])[None]
+
+
+def test_box_bins_average_each_bin_of_the_box_and_read_zero_outside_the_map():
+    features = coordinate_map(8, 12)
+    boxes = torch.tensor([[8.0, 4.0, 24.0, 28.0], [4.0, 6.0, 12.0, 30.0]])  # samples between cell centres
+    pooled = box_bins(features, torch.tensor([0, 0]), boxes, STRIDE).view(2, 2, *BOX_POOLING_BINS)
+    rows, columns = BOX_POOLING_BINS
+    for index, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        # a linear map interpolates exactly: each bin's mean is its centre
+        bin_x = x1 + (torch.arange(columns) + 0.5) * (x2 - x1) / columns
+        bin_y = y1 + (torch.arange(rows) + 0.5) * (y2 - y1) / rows
+        torch.testing.assert_close(pooled[index, 0], bin_x.expand(rows, columns))
+        torch.testing.assert_close(pooled[index, 1], bin_y[:, None].expand(rows, columns))
+    outside = box_bins(features, torch.tensor([0]), torch.tensor([[100.0, 60.0, 140.0, 90.0]]), STRIDE)
+    assert torch.count_nonzero(outside) == 0
+
+
+def test_the_head_reads_each_objects_own_image_and_box():
+    torch.manual_seed(0)
+    head = BoxPooledEmbeddingHead(3, 5)
+    for parameter in head.parameters():
+        torch.nn.init.normal_(parameter)
+    features = torch.randn(2, 3, 8, 12)
+    box = torch.tensor([[8.0, 4.0, 24.0, 28.0]])
+    cell = torch.tensor([3 * 12 + 4])
+    first = head.at_boxes(features, torch.tensor([0]), cell, box, STRIDE)
+    second = head.at_boxes(features, torch.tensor([1]), cell, box, STRIDE)
+    both = head.at_boxes(
+        features, torch.tensor([1, 0]), torch.cat([cell, cell]), torch.cat([box, box]), STRIDE
+    )
+    torch.testing.assert_close(both, torch.cat([second, first]))
+    wider = head.at_boxes(features, torch.tensor([0]), cell, torch.tensor([[0.0, 4.0, 40.0, 28.0]]), STRIDE)
+    assert not torch.allclose(wider, first)  # same centre cell, another box: another embedding
+    # the centre window is the one the FairMOT head reads
+    windows = centre_windows(features, torch.tensor([0]), cell)
+    assert windows.shape == (1, 3 * 9)
+    torch.testing.assert_close(windows.view(3, 3, 3)[:, 1, 1], features[0, :, 3, 4])
+
+
+def test_box_pooling_is_refused_where_there_is_no_box_to_read_or_no_solve(tmp_path: Path):
+    with pytest.raises(ConfigError, match="family 'centernet' only"):
+        ModelConfig(embedding_pooling="box")
+    with pytest.raises(ConfigError, match="needs an embedding head"):
+        small_centernet(embedding_pooling="box", embedding_dim=0)
+    with pytest.raises(ConfigError, match="dense_embeddings: false"):
+        small_centernet(embedding_pooling="box", dense_embeddings=True)
+    with pytest.raises(ConfigError, match="embedding_pooling must be one of"):
+        small_centernet(embedding_pooling="roi")
+    data = DataConfig(train=(ShardSource(directory=str(tmp_path)),))
+    with pytest.raises(ConfigError, match="set optim.embedding_refit_ridge"):
+        TrainConfig(model=small_centernet(embedding_pooling="box"), data=data)
+    model = build_student(small_centernet(embedding_pooling="box"), warn_if_random_backbone=False)
+    with pytest.raises(ValueError, match="no dense map"):
+        model(torch.rand(1, 3, 64, 96), dense_embeddings=True)
+
+
+def test_sgd_trains_the_centre_head_and_detections_are_embedded_by_the_box_readout():
+    torch.manual_seed(0)
+    config = small_centernet(embedding_pooling="box")
+    model = build_student(config, warn_if_random_backbone=False)
+    assert not any(parameter.requires_grad for parameter in model.box_readout.parameters())
+    criterion = CenterNetCriterion(LossConfig(embedding_weight=10.0), config)
+    target = {
+        "boxes": torch.tensor([[10.0, 6.0, 30.0, 58.0], [50.0, 10.0, 70.0, 50.0]]),
+        "ignore": torch.tensor([False, False]),
+        "identities": torch.tensor([-1, -1]),
+        "embeddings": torch.randn(2, 16),
+    }
+    terms = criterion(model(torch.rand(1, 3, 64, 96)), [target])
+    assert terms.num_embedding_anchors == 2 and terms.embedding_l2.item() > 0
+    terms.total.backward()
+    assert torch.count_nonzero(model.embedding_head.hidden.weight.grad) > 0
+    model.eval()
+    with torch.no_grad():
+        outputs = model(torch.rand(2, 3, 64, 96))
+        detections = decode_center_outputs(outputs, config)
+    for image, found in enumerate(detections):
+        assert found.embeddings.shape == (len(found.boxes), config.embedding_dim)
+        index = torch.full_like(found.anchor_indices, image)
+        expected = model.box_readout.at_boxes(
+            outputs.features, index, found.anchor_indices, found.boxes, STRIDE
+        )
+        torch.testing.assert_close(found.embeddings, torch.nn.functional.normalize(expected, dim=1))
+        head = outputs.cell_embeddings(index, found.anchor_indices)
+        assert not torch.allclose(found.embeddings, torch.nn.functional.normalize(head, dim=1))
+
+
+def test_a_centre_checkpoint_is_not_loaded_as_a_box_pooled_student(tmp_path: Path):
+    centre = small_centernet()
+    model = build_student(centre, warn_if_random_backbone=False)
+    path = save_checkpoint(
+        tmp_path / "centre.pt",
+        TrainingCheckpoint(step=1, model_state=model.state_dict(), model_config=centre.to_dict()),
+    )
+    with pytest.raises(CheckpointError, match="embedding_pooling"):
+        load_student(path, expected_config=small_centernet(embedding_pooling="box"))
