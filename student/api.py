@@ -47,6 +47,13 @@ def load_student(
         raise CheckpointError(
             f"{checkpoint_path}: weights do not fit the architecture recorded in the checkpoint: {error}"
         ) from error
+    readout = getattr(model, "box_readout", None)
+    if readout is not None and not bool(readout.solved):
+        raise CheckpointError(
+            f"{checkpoint_path}: saved at step {checkpoint.step}, before its box readout was solved "
+            "(model.embedding_pooling: box solves it after the last step): use the finished run's "
+            "last.pt, whose embeddings come from the solved readout"
+        )
     return model.to(device).eval(), checkpoint
 
 

@@ -185,3 +185,5 @@ def _set_output_weights(head: CenterHead | BoxPooledEmbeddingHead, weight: Tenso
     with torch.no_grad():
         layer.weight.copy_(weight.reshape(layer.weight.shape).to(layer.weight))
         layer.bias.copy_(bias.to(layer.bias))
+        if isinstance(head, BoxPooledEmbeddingHead):
+            head.solved.fill_(True)

@@ -103,6 +103,8 @@ def test_sgd_trains_the_centre_head_and_detections_are_embedded_by_the_box_reado
     assert torch.count_nonzero(model.embedding_head.hidden.weight.grad) > 0
     model.eval()
     with torch.no_grad():
+        for parameter in model.box_readout.parameters():
+            torch.nn.init.normal_(parameter)  # a readout that differs clearly from the head
         outputs = model(torch.rand(2, 3, 64, 96))
         detections = decode_center_outputs(outputs, config)
     for image, found in enumerate(detections):
@@ -114,6 +116,22 @@ def test_sgd_trains_the_centre_head_and_detections_are_embedded_by_the_box_reado
         torch.testing.assert_close(found.embeddings, torch.nn.functional.normalize(expected, dim=1))
         head = outputs.cell_embeddings(index, found.anchor_indices)
         assert not torch.allclose(found.embeddings, torch.nn.functional.normalize(head, dim=1))
+
+
+def test_a_checkpoint_saved_before_the_readout_was_solved_is_refused(tmp_path: Path):
+    config = small_centernet(embedding_pooling="box")
+    model = build_student(config, warn_if_random_backbone=False)
+    path = save_checkpoint(
+        tmp_path / "step_000002.pt",
+        TrainingCheckpoint(step=2, model_state=model.state_dict(), model_config=config.to_dict()),
+    )
+    with pytest.raises(CheckpointError, match="at step 2, before its box readout was solved"):
+        load_student(path)
+    model.box_readout.solved.fill_(True)
+    save_checkpoint(
+        path, TrainingCheckpoint(step=3, model_state=model.state_dict(), model_config=config.to_dict())
+    )
+    assert load_student(path)[1].step == 3
 
 
 def test_a_centre_checkpoint_is_not_loaded_as_a_box_pooled_student(tmp_path: Path):

@@ -10,6 +10,7 @@ from student_fixtures import small_centernet, write_pets_shard_dir
 
 from student.api import load_student
 from student.augment import AugmentConfig
+from student.checkpoint import CheckpointError
 from student.config import ConfigError, LossConfig, ModelConfig
 from student.data import DatasetOptions, StudentDataset
 from student.engine import train
@@ -79,6 +80,10 @@ def test_training_ends_with_the_refit_head_in_the_last_checkpoint(tmp_path, pets
     assert outcome.last_checkpoint is not None and outcome.last_checkpoint.name == "step_000003.pt"
     loaded, checkpoint = load_student(outcome.out_dir / "last.pt")
     assert checkpoint.step == 3
+    if pooling == "box":
+        assert bool(loaded.box_readout.solved)
+        with pytest.raises(CheckpointError, match="before its box readout was solved"):
+            load_student(outcome.out_dir / "step_000002.pt")
     images = StudentDataset([shards], DatasetOptions(input_size=model.input_size, mode="validation"))
     again = refit_embedding_head(loaded, images, 1e-3, device=torch.device("cpu"))
     # the checkpoint holds the solution: solving again on the same features moves nothing

@@ -210,6 +210,8 @@ class BoxPooledEmbeddingHead(nn.Module):
         self.output = nn.Linear(in_channels * (9 + rows * columns), out_channels)
         nn.init.normal_(self.output.weight, std=REGRESSION_INIT_STD)
         nn.init.zeros_(self.output.bias)
+        # saved with the weights, so that a checkpoint from before the solve can be refused
+        self.register_buffer("solved", torch.zeros((), dtype=torch.bool))
 
     def readout_inputs(
         self, features: Tensor, image_index: Tensor, cell_index: Tensor, boxes: Tensor, stride: int
