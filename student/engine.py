@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from tdt.config import ConfigError
@@ -399,7 +399,10 @@ class _TrainingRun:
             mode="validation",
             verify_checksums=self.config.run.verify_shards,
         )
-        images = StudentDataset(list(self.config.data.train), options)
+        # the training images only: a source's frames / sequences filters apply, as in training
+        images = Subset(
+            StudentDataset(list(self.config.data.train), options), self.data.selection.all_indices().tolist()
+        )
         report = refit_embedding_head(
             self.model,
             images,

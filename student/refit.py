@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .centernet.model import BoxPooledEmbeddingHead, CenterHead, CenterNetOutputs
 from .centernet.targets import build_center_targets
-from .data import StudentDataset, collate
+from .data import collate
 
 # an input that never varies (a dead ReLU, a padded border) is left at weight 0 instead of
 # being divided by a zero standard deviation
@@ -117,15 +117,16 @@ class _Moments:
 
 def refit_embedding_head(
     model: nn.Module,
-    dataset: StudentDataset,
+    dataset: Dataset,
     ridge: float,
     *,
     device: torch.device,
     batch_size: int = 4,
     progress: bool = False,
 ) -> RefitReport:
-    """Solve and set the embedding output layer of a CenterNet ``model`` on ``dataset``
-    (letterboxed training images, ``mode="validation"``); see the module docstring."""
+    """Solve and set the embedding output layer of a CenterNet ``model`` on ``dataset``: the
+    training images as a :class:`student.data.StudentDataset` in ``mode="validation"``
+    (letterboxed, not augmented), or a ``Subset`` of one; see the module docstring."""
     head = getattr(model, "box_readout", None) or getattr(model, "embedding_head", None)
     if not isinstance(head, CenterHead | BoxPooledEmbeddingHead):
         raise RefitError("the refit needs a CenterNet student with an embedding head")
