@@ -118,28 +118,25 @@ def test_sgd_trains_the_centre_head_and_detections_are_embedded_by_the_box_reado
         assert not torch.allclose(found.embeddings, torch.nn.functional.normalize(head, dim=1))
 
 
+def _saved(path: Path, model: torch.nn.Module, config: ModelConfig, step: int) -> Path:
+    checkpoint = TrainingCheckpoint(step=step, model_state=model.state_dict(), model_config=config.to_dict())
+    return save_checkpoint(path, checkpoint)
+
+
 def test_a_checkpoint_saved_before_the_readout_was_solved_is_refused(tmp_path: Path):
     config = small_centernet(embedding_pooling="box")
     model = build_student(config, warn_if_random_backbone=False)
-    path = save_checkpoint(
-        tmp_path / "step_000002.pt",
-        TrainingCheckpoint(step=2, model_state=model.state_dict(), model_config=config.to_dict()),
-    )
+    path = _saved(tmp_path / "step_000002.pt", model, config, step=2)
     with pytest.raises(CheckpointError, match="at step 2, before its box readout was solved"):
         load_student(path)
     model.box_readout.solved.fill_(True)
-    save_checkpoint(
-        path, TrainingCheckpoint(step=3, model_state=model.state_dict(), model_config=config.to_dict())
-    )
-    assert load_student(path)[1].step == 3
+    assert load_student(_saved(path, model, config, step=3))[1].step == 3
 
 
 def test_a_centre_checkpoint_is_not_loaded_as_a_box_pooled_student(tmp_path: Path):
     centre = small_centernet()
-    model = build_student(centre, warn_if_random_backbone=False)
-    path = save_checkpoint(
-        tmp_path / "centre.pt",
-        TrainingCheckpoint(step=1, model_state=model.state_dict(), model_config=centre.to_dict()),
+    path = _saved(
+        tmp_path / "centre.pt", build_student(centre, warn_if_random_backbone=False), centre, step=1
     )
     with pytest.raises(CheckpointError, match="embedding_pooling"):
         load_student(path, expected_config=small_centernet(embedding_pooling="box"))
