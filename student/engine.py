@@ -376,7 +376,7 @@ class _TrainingRun:
         refit = None
         ridge = self.config.optim.embedding_refit_ridge
         if self.context.is_main and self.start_step < max_steps and ridge is not None:
-            # the last step's checkpoint holds the refit head, so that a crash during the refit
+            # the last step's checkpoint holds the solved layer, so that a crash during the solve
             # resumes from the previous checkpoint and repeats the same steps
             refit = self._refit_embedding_head(ridge)
             last_checkpoint = self._save(max_steps)
@@ -403,7 +403,7 @@ class _TrainingRun:
         images = Subset(
             StudentDataset(list(self.config.data.train), options), self.data.selection.all_indices().tolist()
         )
-        report = refit_embedding_head(
+        return refit_embedding_head(
             self.model,
             images,
             ridge,
@@ -411,8 +411,6 @@ class _TrainingRun:
             batch_size=self.config.run.eval_batch_size,
             progress=self.progress,
         )
-        self.model.train()
-        return report
 
     def _progress_bar(self) -> tqdm:
         return tqdm(
