@@ -15,6 +15,7 @@ RNG state, computes exactly the losses) of an uninterrupted run on the same devi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -84,6 +85,7 @@ class TrainingOutcome:
     is_main_process: bool
     evaluation: EvaluationReport | None = None
     refit: RefitReport | None = None
+    precision: str = "float32"  # the training steps' arithmetic, e.g. "bfloat16 autocast"
 
 
 def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = True) -> TrainingOutcome:
@@ -142,6 +144,30 @@ def _refuse_to_overwrite_a_run(config: TrainConfig, checkpoint: TrainingCheckpoi
             f"{out_dir} already holds checkpoints of a run ({existing.name}); continue it with "
             f"--resume {out_dir} or choose another --out"
         )
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here; elsewhere it is emulated, several times
+    slower than float32."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """float16 under ``run.amp`` on CUDA; bfloat16 under ``run.cpu_precision`` on a CPU that
+    has it natively; else None (float32)."""
+    if device.type == "cuda":
+        return torch.float16 if config.run.amp else None
+    wanted = config.run.cpu_precision
+    if device.type != "cpu" or wanted == "float32":
+        return None
+    if cpu_has_native_bfloat16():
+        return torch.bfloat16
+    if wanted == "auto":
+        return None
+    raise ConfigError(
+        "run.cpu_precision bfloat16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX) "
+        "and would emulate it, slower than float32; use float32 or auto"
+    )
 
 
 def _seed_everything(seed: int) -> None:
@@ -289,6 +315,7 @@ class _TrainingRun:
     optimisation: _Optimisation
     start_step: int
     keeper: CheckpointKeeper
+    autocast_dtype: torch.dtype | None  # None: float32
 
     @classmethod
     def prepare(cls, config: TrainConfig, *, resume: Path | None, progress: bool) -> _TrainingRun:
@@ -298,13 +325,12 @@ class _TrainingRun:
         _refuse_to_overwrite_a_run(config, checkpoint)
         start_process_group(context)
         device = resolve_device(config.run.device, context)
+        autocast_dtype = _autocast_dtype(config, device)
         torch.set_num_threads(threads_per_process(config.run.threads, context))
         _seed_everything(config.run.seed)
         data = _build_training_data(config, checkpoint, context)
         step_module = _build_step_module(config, data.dataset, device, fresh=checkpoint is None)
-        optimisation = _Optimisation.build(
-            step_module, config, use_amp=config.run.amp and device.type == "cuda"
-        )
+        optimisation = _Optimisation.build(step_module, config, use_amp=autocast_dtype == torch.float16)
         start_step = 0 if checkpoint is None else _restore(checkpoint, step_module, optimisation, config)
         if start_step >= config.optim.max_steps:
             raise ConfigError(
@@ -322,6 +348,7 @@ class _TrainingRun:
             optimisation=optimisation,
             start_step=start_step,
             keeper=CheckpointKeeper(Path(config.run.out_dir), keep_last=config.run.keep_last_checkpoints),
+            autocast_dtype=autocast_dtype,
         )
 
     @property
@@ -391,6 +418,9 @@ class _TrainingRun:
             seconds_per_step=seconds_per_step,
             is_main_process=self.context.is_main,
             refit=refit,
+            precision=f"{self.autocast_dtype} autocast".removeprefix("torch.")
+            if self.autocast_dtype is not None
+            else "float32",
         )
 
     def _refit_embedding_head(self, ridge: float) -> RefitReport:
@@ -472,7 +502,12 @@ class _TrainingRun:
     ) -> tuple[LossTerms, float]:
         optimizer, scaler = self.optimisation.optimizer, self.optimisation.scaler
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        precision = (
+            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with precision:
             terms: LossTerms = self.forward_module(images, targets)
         if not torch.isfinite(terms.total.detach()) and not self.use_amp:
             raise TrainingDivergedError(

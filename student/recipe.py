@@ -39,6 +39,7 @@ CONFIGS_DIR = PROJECT_ROOT / "configs"
 DEFAULT_CONFIG_PATH = CONFIGS_DIR / "pets09.yaml"
 RECIPE_NAME = "config.yaml"
 OptimizerName = Literal["sgd", "adamw"]
+CpuPrecision = Literal["float32", "bfloat16", "auto"]
 
 
 class MissingInputError(FileNotFoundError):
@@ -118,10 +119,17 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Where and how a run executes; none of it changes what is learned except ``seed``.
+    """Where and how a run executes; what is learned depends on it only through ``seed`` and
+    the arithmetic (``amp``, ``cpu_precision``).
 
     ``device`` "auto" is CUDA when available. ``amp`` (float16 autocast) only
-    takes effect on CUDA. ``threads`` 0 uses every core (divided among the
+    takes effect on CUDA. ``cpu_precision`` ``bfloat16`` trains on the CPU under
+    bfloat16 autocast: convolutions run in bfloat16; the losses, the weights and the
+    optimiser stay float32. It needs native bfloat16 arithmetic (AVX512-BF16 or AMX)
+    and is refused elsewhere, where it would be emulated and slower than float32;
+    ``auto`` takes bfloat16 where it is native and float32 otherwise. Like ``amp`` it
+    changes the numbers a run computes, not the recipe; evaluation, the embedding
+    refit and inference stay float32. ``threads`` 0 uses every core (divided among the
     processes of a torchrun node). ``evaluate_at_end`` evaluates the last
     checkpoint on ``data.validation`` (when there is one) with
     ``eval_batch_size`` images per forward pass. ``verify_shards`` checks every
@@ -138,6 +146,7 @@ class RunConfig:
     keep_last_checkpoints: int = 2
     log_every: int = 10
     amp: bool = True
+    cpu_precision: CpuPrecision = "float32"
     channels_last: bool = False
     threads: int = 0
     tensorboard: bool = True

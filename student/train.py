@@ -245,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         print(
             f"trained steps {outcome.start_step + 1}-{outcome.final_step} "
-            f"({outcome.seconds_per_step:.2f} s/step); last checkpoint {outcome.last_checkpoint}"
+            f"({outcome.seconds_per_step:.2f} s/step, {outcome.precision}); "
+            f"last checkpoint {outcome.last_checkpoint}"
         )
         if outcome.refit is not None:
             print(outcome.refit.summary())

@@ -31,12 +31,13 @@ from student_fixtures import (
 )
 
 import student
+from student import engine
 from student.api import load_student
 from student.augment import AugmentConfig
 from student.checkpoint import CheckpointError, load_checkpoint
 from student.config import ConfigError, LossConfig, ModelConfig
 from student.data import StudentDataset
-from student.engine import train
+from student.engine import cpu_has_native_bfloat16, train
 from student.evaluate import evaluate_checkpoint
 from student.recipe import (
     CONFIGS_DIR,
@@ -311,6 +312,57 @@ def test_resuming_with_another_architecture_or_recipe_is_a_clear_error(tiny_run,
         train(other_recipe, resume=checkpoint, progress=False)
     with pytest.raises(CheckpointError, match="head_width"):
         load_student(checkpoint, expected_config=dataclasses.replace(TINY_MODEL, head_width=64))
+
+
+@pytest.mark.skipif(
+    not cpu_has_native_bfloat16(), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)"
+)
+def test_cpu_precision_bfloat16_trains_under_autocast_and_keeps_float32_weights(tiny_run, tmp_path):
+    config, float32_run = tiny_run
+    bfloat16_config = dataclasses.replace(
+        config,
+        run=dataclasses.replace(
+            config.run,
+            out_dir=str(tmp_path),
+            tensorboard=False,
+            evaluate_at_end=False,
+            cpu_precision="bfloat16",
+        ),
+    )
+    bfloat16_run = train(bfloat16_config, progress=False)
+    assert all(np.isfinite(bfloat16_run.step_losses))
+    assert (float32_run.precision, bfloat16_run.precision) == ("float32", "bfloat16 autocast")
+    # the same draws and initial weights: close losses, yet not equal, or autocast never engaged
+    assert bfloat16_run.step_losses[0] == pytest.approx(float32_run.step_losses[0], rel=0.05)
+    assert bfloat16_run.step_losses[0] != float32_run.step_losses[0]
+    state = load_checkpoint(tmp_path / "last.pt").model_state
+    assert {tensor.dtype for tensor in state.values() if tensor.is_floating_point()} == {torch.float32}
+
+
+def test_cpu_bfloat16_is_refused_where_the_cpu_would_emulate_it_and_auto_falls_back(
+    tiny_run, tmp_path, monkeypatch
+):
+    config, float32_run = tiny_run
+    monkeypatch.setattr(engine, "cpu_has_native_bfloat16", lambda: False)
+
+    def run_config(precision: str, out_dir: Path) -> TrainConfig:
+        return dataclasses.replace(
+            config,
+            run=dataclasses.replace(
+                config.run,
+                out_dir=str(out_dir),
+                cpu_precision=precision,
+                evaluate_at_end=False,
+                tensorboard=False,
+            ),
+        )
+
+    with pytest.raises(ConfigError, match="run.cpu_precision bfloat16: this CPU has no native bfloat16"):
+        train(run_config("bfloat16", tmp_path / "refused"), progress=False)
+    assert not list((tmp_path / "refused").glob("*.pt"))
+    # auto falls back to float32: the very losses of the float32 run
+    fallback = train(run_config("auto", tmp_path / "auto"), progress=False)
+    assert fallback.step_losses == float32_run.step_losses
 
 
 def test_resume_may_extend_the_schedule(tiny_run, tmp_path, capsys):

@@ -1,0 +1,99 @@
+"""Training step time on the CPU in float32 against bfloat16 autocast (``run.cpu_precision``).
+
+Each training is a fresh ``python -m student.train`` process on a finished demo's shards
+(``--demo-out``) with ``--max-steps STEPS``, ``--threads T`` (default 1, as ``make demo``
+trains) and no final evaluation; the recipe (default: the demo's student) is the same
+except for ``--set run.cpu_precision=…``. The two precisions alternate for ``--rounds``
+rounds; the trainer's own seconds per step (its closing line, start-up excluded) is
+compared by median, with the ratio (below 1: bfloat16 is faster). The times come from
+the real recipe, data and initial weights, so the targets the losses see are real; the
+benchmark says nothing about accuracy, which the README measures with whole trainings.
+
+Refused on a CPU without native bfloat16 (the trainer says so), where it would only
+measure emulation.
+
+    python benchmarks/cpu_precision.py                        # the demo's student, 40 steps
+    python benchmarks/cpu_precision.py --recipe configs/demo-det.yaml --steps 60 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.side_by_side_training import (  # noqa: E402
+    DEFAULT_RECIPES,
+    PROJECT_ROOT,
+    backbone_weights,
+    training_command,
+)
+
+PRECISIONS = ("float32", "bfloat16")
+STEP_TIME = re.compile(r"trained steps \d+-\d+ \(([0-9.]+) s/step, ([a-z0-9 ]+)\)")
+
+
+def seconds_per_step(command: list[str]) -> tuple[float, str]:
+    """Run one training; its reported seconds per step and precision."""
+    finished = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+    if finished.returncode != 0:
+        raise SystemExit(f"error: a training failed (exit status {finished.returncode}):\n{finished.stderr}")
+    found = STEP_TIME.search(finished.stdout)
+    if found is None:
+        raise SystemExit(f"error: no 'trained steps' line in the training's output:\n{finished.stdout}")
+    return float(found.group(1)), found.group(2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--demo-out", type=Path, default=Path("out/demo"), help="a finished demo's folder")
+    parser.add_argument(
+        "--recipe", type=Path, default=DEFAULT_RECIPES[0], help="the recipe (default: demo.yaml)"
+    )
+    parser.add_argument(
+        "--backbone-weights", type=Path, help="backbone weights (default: the one in DEMO_OUT/weights)"
+    )
+    parser.add_argument("--steps", type=int, default=40, help="steps per training (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    args = parser.parse_args(argv)
+    for split in ("train", "val"):
+        if not (args.demo_out / "shards" / split).is_dir():
+            parser.error(f"no shards at {args.demo_out / 'shards' / split}: run make demo first")
+    weights = args.backbone_weights or backbone_weights(args.demo_out)
+    if weights is None or not weights.is_file():
+        parser.error(f"no backbone weights in {args.demo_out / 'weights'}: run make demo first")
+    times: dict[str, list[float]] = {precision: [] for precision in PRECISIONS}
+    with tempfile.TemporaryDirectory(prefix="cpu-precision-") as scratch:
+        for round_index in range(args.rounds):
+            for precision in PRECISIONS:
+                command = training_command(
+                    args.recipe,
+                    args.demo_out,
+                    weights,
+                    Path(scratch) / f"{round_index}-{precision}",
+                    steps=args.steps,
+                    threads=args.threads,
+                ) + ["--set", f"run.cpu_precision={precision}"]
+                seconds, used = seconds_per_step(command)
+                times[precision].append(seconds)
+                print(f"round {round_index + 1} {precision:>9}: {seconds:.3f} s/step ({used})", flush=True)
+    float32, bfloat16 = (statistics.median(times[precision]) for precision in PRECISIONS)
+    print(f"\nmedian s/step, {args.recipe.name}, {args.steps} steps, {args.threads} thread(s):")
+    print(f"  float32:           {float32:.3f}")
+    print(f"  bfloat16 autocast: {bfloat16:.3f}")
+    print(f"  bfloat16 / float32: {bfloat16 / float32:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
