@@ -32,7 +32,7 @@ Run the whole method, each stage as the command you would type yourself:
   4. compare one-stage vs two-stage (twin + teacher on each crop) and the ground-truth
      oracle on sequences with identities; render the one-stage tracks to a video
 
-Default: the synthetic world (no data or weights needed; about 11 minutes on two CPU cores). --real runs
+Default: the synthetic world (no data or weights needed; about 13 minutes on two CPU cores). --real runs
 the same chain on the real PETS09-S2L1 half with OSNet x0.25 from ../shared/data (or
 $TDT_SHARED_DATA). Running again reuses every finished stage; an interrupted training
 resumes from its last checkpoint.

@@ -112,6 +112,7 @@ _MODEL_CONFIG_KEYS_ADDED = {
     "scale_aware_embedding": False,
     # checkpoints from before the key trained their sparse head with these statistics
     "embedding_norm_statistics": "assigned",
+    "embedding_pooling": "centre",
 }
 # Loss-config keys added since (read by the CenterNet family only), with their defaults.
 _LOSS_CONFIG_KEYS_ADDED = {
@@ -123,6 +124,12 @@ _LOSS_CONFIG_KEYS_ADDED = {
     "positives_per_object": 7,
     "classification_loss": "focal",
     "reid_probability_temperature": 0.1,
+}
+# Other recipe sections' keys added since, with the value those checkpoints were trained with.
+_RECIPE_KEYS_ADDED = {
+    "loss": _LOSS_CONFIG_KEYS_ADDED,
+    "optim": {"embedding_refit_ridge": None},
+    "run": {"cpu_precision": "float32"},
 }
 
 
@@ -367,8 +374,9 @@ def _upgrade_payload(payload: dict[str, Any]) -> dict[str, Any]:
     recipe = payload.get("config")
     if isinstance(recipe, dict) and isinstance(recipe.get("model"), dict):
         recipe = {**recipe, "model": {**_MODEL_CONFIG_KEYS_ADDED, **recipe["model"]}}
-        if isinstance(recipe.get("loss"), dict):
-            recipe["loss"] = {**_LOSS_CONFIG_KEYS_ADDED, **recipe["loss"]}
+        for section, added in _RECIPE_KEYS_ADDED.items():
+            if isinstance(recipe.get(section), dict):
+                recipe[section] = {**added, **recipe[section]}
         payload["config"] = recipe
     return payload
 

@@ -34,7 +34,7 @@ import student
 from student import engine
 from student.api import load_student
 from student.augment import AugmentConfig
-from student.checkpoint import CheckpointError, load_checkpoint
+from student.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from student.config import ConfigError, LossConfig, ModelConfig
 from student.data import StudentDataset
 from student.engine import cpu_has_native_bfloat16, train
@@ -299,6 +299,30 @@ def test_resume_continues_with_the_same_losses_as_an_uninterrupted_run(tiny_run,
     final_a = load_checkpoint(uninterrupted.out_dir / "last.pt").model_state
     final_b = load_checkpoint(tmp_path / "last.pt").model_state
     assert all(torch.equal(final_a[key], final_b[key]) for key in final_a)
+
+
+def test_a_checkpoint_from_before_the_newest_recipe_keys_resumes_as_it_was_trained(tiny_run, tmp_path):
+    config, uninterrupted = tiny_run
+    saved = load_checkpoint(uninterrupted.out_dir / "step_000002.pt")
+    recipe = {section: dict(values) for section, values in saved.config.items()}
+    for section, key in (
+        ("run", "cpu_precision"),
+        ("optim", "embedding_refit_ridge"),
+        ("model", "embedding_pooling"),
+    ):
+        del recipe[section][key]
+    model_config = {key: value for key, value in saved.model_config.items() if key != "embedding_pooling"}
+    older = save_checkpoint(
+        tmp_path / "older.pt", dataclasses.replace(saved, config=recipe, model_config=model_config)
+    )
+    resumed_config = dataclasses.replace(
+        config,
+        run=dataclasses.replace(
+            config.run, out_dir=str(tmp_path / "resumed"), tensorboard=False, evaluate_at_end=False
+        ),
+    )
+    resumed = train(resumed_config, resume=older, progress=False)
+    assert resumed.step_losses == uninterrupted.step_losses[2:]
 
 
 def test_resuming_with_another_architecture_or_recipe_is_a_clear_error(tiny_run, tmp_path):
