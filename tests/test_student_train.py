@@ -85,6 +85,14 @@ def tiny_config(shards: Path, out_dir: Path, backbone_weights: Path, **optim_cha
     )
 
 
+def rerun_config(config: TrainConfig, out_dir: Path, **run_changes) -> TrainConfig:
+    """``config`` writing to ``out_dir``, without TensorBoard or the final evaluation."""
+    run = dataclasses.replace(
+        config.run, out_dir=str(out_dir), tensorboard=False, evaluate_at_end=False, **run_changes
+    )
+    return dataclasses.replace(config, run=run)
+
+
 # ---- recipes ---------------------------------------------------------------------------------
 def test_every_shipped_recipe_loads_strictly_and_the_twins_differ_only_where_they_should():
     recipes = {path.stem: load_train_config(path) for path in sorted(CONFIGS_DIR.glob("*.yaml"))}
@@ -315,13 +323,7 @@ def test_a_checkpoint_from_before_the_newest_recipe_keys_resumes_as_it_was_train
     older = save_checkpoint(
         tmp_path / "older.pt", dataclasses.replace(saved, config=recipe, model_config=model_config)
     )
-    resumed_config = dataclasses.replace(
-        config,
-        run=dataclasses.replace(
-            config.run, out_dir=str(tmp_path / "resumed"), tensorboard=False, evaluate_at_end=False
-        ),
-    )
-    resumed = train(resumed_config, resume=older, progress=False)
+    resumed = train(rerun_config(config, tmp_path / "resumed"), resume=older, progress=False)
     assert resumed.step_losses == uninterrupted.step_losses[2:]
 
 
@@ -343,17 +345,7 @@ def test_resuming_with_another_architecture_or_recipe_is_a_clear_error(tiny_run,
 )
 def test_cpu_precision_bfloat16_trains_under_autocast_and_keeps_float32_weights(tiny_run, tmp_path):
     config, float32_run = tiny_run
-    bfloat16_config = dataclasses.replace(
-        config,
-        run=dataclasses.replace(
-            config.run,
-            out_dir=str(tmp_path),
-            tensorboard=False,
-            evaluate_at_end=False,
-            cpu_precision="bfloat16",
-        ),
-    )
-    bfloat16_run = train(bfloat16_config, progress=False)
+    bfloat16_run = train(rerun_config(config, tmp_path, cpu_precision="bfloat16"), progress=False)
     assert all(np.isfinite(bfloat16_run.step_losses))
     assert (float32_run.precision, bfloat16_run.precision) == ("float32", "bfloat16 autocast")
     # the same draws and initial weights: close losses, yet not equal, or autocast never engaged
@@ -368,24 +360,12 @@ def test_cpu_bfloat16_is_refused_where_the_cpu_would_emulate_it_and_auto_falls_b
 ):
     config, float32_run = tiny_run
     monkeypatch.setattr(engine, "cpu_has_native_bfloat16", lambda: False)
-
-    def run_config(precision: str, out_dir: Path) -> TrainConfig:
-        return dataclasses.replace(
-            config,
-            run=dataclasses.replace(
-                config.run,
-                out_dir=str(out_dir),
-                cpu_precision=precision,
-                evaluate_at_end=False,
-                tensorboard=False,
-            ),
-        )
-
+    refused = rerun_config(config, tmp_path / "refused", cpu_precision="bfloat16")
     with pytest.raises(ConfigError, match="run.cpu_precision bfloat16: this CPU has no native bfloat16"):
-        train(run_config("bfloat16", tmp_path / "refused"), progress=False)
+        train(refused, progress=False)
     assert not list((tmp_path / "refused").glob("*.pt"))
     # auto falls back to float32: the very losses of the float32 run
-    fallback = train(run_config("auto", tmp_path / "auto"), progress=False)
+    fallback = train(rerun_config(config, tmp_path / "auto", cpu_precision="auto"), progress=False)
     assert fallback.step_losses == float32_run.step_losses
 
 
