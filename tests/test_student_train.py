@@ -125,6 +125,7 @@ def test_every_shipped_recipe_loads_strictly_and_the_twins_differ_only_where_the
         ("model: {backbone: vgg16}\ndata: {train: [{directory: x}]}\n", "vgg16"),
         ("model: {}\ndata: {train: [{directory: x, frames: [5]}]}\n", "frames"),
         ("model: {}\ndata: {train: [{directory: x}]}\naugment: {min_scale: 0}\n", "min_scale"),
+        ("model: {}\ndata: {train: [{directory: x}]}\nrun: {cpu_precision: bf16}\n", "cpu_precision"),
         ("model: {}\n", "data"),
         ("model: {}\nmodel: {}\ndata: {train: [{directory: x}]}\n", "duplicate key 'model'"),
     ],
