@@ -124,6 +124,8 @@ _LOSS_CONFIG_KEYS_ADDED = {
     "positives_per_object": 7,
     "classification_loss": "focal",
     "reid_probability_temperature": 0.1,
+    "box_giou_weight": 0.0,
+    "box_sample_fraction": 0.0,
 }
 # Other recipe sections' keys added since, with the value those checkpoints were trained with.
 _RECIPE_KEYS_ADDED = {

@@ -288,7 +288,11 @@ class LossConfig(PlainConfig):
     The CenterNet family reads ``classification_weight`` for its heatmap loss
     (penalty-reduced focal, ``heatmap_alpha`` / ``heatmap_beta``, Gaussian
     radius from ``heatmap_min_overlap``), ``box_weight`` for its L1 box loss and
-    ``offset_weight`` for its L1 centre-offset loss; the anchor keys
+    ``offset_weight`` for its L1 centre-offset loss, and ``box_giou_weight`` for a
+    GIoU loss on the decoded boxes (0: none; the L1 term stays), read at the
+    positives or, with ``box_sample_fraction`` > 0, at TTFNet's regression samples:
+    every cell in the middle ``box_sample_fraction`` of each box, Gaussian-weighted
+    (:func:`student.centernet.targets.box_samples`); the anchor keys
     (``focal_*``, ``box_huber_delta``, ``*_iou``, ``ignore_overlap*``) are
     RetinaNet's.
 
@@ -330,6 +334,8 @@ class LossConfig(PlainConfig):
     positives_per_object: int = 7
     classification_loss: ClassificationLoss = "focal"
     reid_probability_temperature: float = 0.1
+    box_giou_weight: float = 0.0
+    box_sample_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.heatmap_alpha >= 0.0 and self.heatmap_beta >= 0.0, "heatmap_alpha/beta must be >= 0")
@@ -343,6 +349,7 @@ class LossConfig(PlainConfig):
             "embedding_weight",
             "identity_weight",
             "offset_weight",
+            "box_giou_weight",
         ):
             _require(getattr(self, name) >= 0.0, f"{name} must be >= 0")
         _require(
@@ -374,6 +381,16 @@ class LossConfig(PlainConfig):
         _require(
             math.isfinite(self.reid_probability_temperature) and self.reid_probability_temperature > 0,
             "reid_probability_temperature must be a positive number",
+        )
+        _require(0.0 <= self.box_sample_fraction <= 1.0, "box_sample_fraction must be within [0, 1]")
+        _require(
+            self.box_sample_fraction == 0.0 or self.box_giou_weight > 0.0,
+            "box_sample_fraction chooses the cells of the GIoU box term: it needs box_giou_weight > 0",
+        )
+        _require(
+            self.box_sample_fraction == 0.0 or self.assignment == "centre",
+            "box_sample_fraction samples around each object's centre cell: it needs assignment 'centre' "
+            f"(got {self.assignment!r})",
         )
 
     @property
@@ -411,6 +428,11 @@ def check_loss_fits_model(loss: LossConfig, model: ModelConfig) -> None:
             f"loss.classification_loss {loss.classification_loss!r} is implemented for model.family "
             f"'centernet' only (got {model.family!r}); use loss.classification_loss: focal",
         )
+    _require(
+        model.family == "centernet" or loss.box_giou_weight == 0.0,
+        f"loss.box_giou_weight is implemented for model.family 'centernet' only (got {model.family!r}); "
+        "use loss.box_giou_weight: 0",
+    )
     _require(
         not loss.uses_discriminative_focal or model.has_embedding_head,
         "loss.classification_loss 'discriminative_focal' needs an embedding head (model.embedding_dim > 0): "

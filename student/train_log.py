@@ -24,6 +24,7 @@ LOG_COLUMNS = (
     "embedding_l2",
     "identity_ce",
     "offset_regression",
+    "box_giou",
     "grad_norm",
     "positive_anchors",
     "positives_per_object",
@@ -38,6 +39,7 @@ _POSTFIX_NAMES = {
     "embedding_l2": "l2",
     "identity_ce": "ce",
     "offset_regression": "off",
+    "box_giou": "giou",
     "learning_rate": "lr",
 }
 

@@ -25,8 +25,9 @@ from student.centernet import (
 )
 from student.centernet.losses import penalty_reduced_focal_loss
 from student.centernet.model import CenterHead
+from student.centernet.targets import box_samples
 from student.checkpoint import CheckpointError, TrainingCheckpoint, save_checkpoint
-from student.config import ConfigError, LossConfig, ModelConfig
+from student.config import ConfigError, LossConfig, ModelConfig, check_loss_fits_model
 from student.engine import train
 from student.evaluate import evaluate_checkpoint
 from student.families import build_student
@@ -424,3 +425,105 @@ def test_resume_with_ce_and_uncertainty_weighting_repeats_the_uninterrupted_loss
                                                                  "family": "retinanet"}))  # fmt: skip
     with pytest.raises(CheckpointError, match="family: checkpoint 'centernet', expected 'retinanet'"):
         train(retinanet, resume=uninterrupted.out_dir / "step_000002.pt", progress=False)
+
+
+# ---- GIoU box term and TTFNet regression samples ---------------------------------------------
+def _write_box(outputs: CenterNetOutputs, cell: int, ltrb, offset) -> None:
+    with torch.no_grad():
+        outputs.box.flatten(2)[0, :, cell] = torch.tensor(ltrb, dtype=torch.float32)
+        outputs.offset.flatten(2)[0, :, cell] = torch.tensor(offset, dtype=torch.float32)
+
+
+def test_giou_term_is_zero_for_the_true_box_and_one_minus_iou_for_a_nested_one():
+    # box (10, 10, 26, 42) px -> cells (2.5, 2.5, 6.5, 10.5), centre cell (4, 6), offset (.5, .5),
+    # l, t, r, b = 2, 4, 2, 4. Half as tall and wide about the same centre: IoU 1/4, and the
+    # enclosing box is the true box, so GIoU = IoU and the loss is 3/4.
+    one_box = [target([[10.0, 10.0, 26.0, 42.0]])]
+    centre_cell = 6 * 24 + 4
+    criterion = CenterNetCriterion(LossConfig(box_weight=0.1, box_giou_weight=2.0), small_centernet())
+    exact = hand_outputs()
+    _write_box(exact, centre_cell, [2.0, 4.0, 2.0, 4.0], [0.5, 0.5])
+    terms = criterion(exact, one_box)
+    assert terms.box_giou.item() == pytest.approx(0.0, abs=1e-6)
+    assert terms.as_floats()["box_giou"] == pytest.approx(0.0, abs=1e-6)
+    nested = hand_outputs()
+    _write_box(nested, centre_cell, [1.0, 2.0, 1.0, 2.0], [0.5, 0.5])
+    terms = criterion(nested, one_box)
+    assert terms.box_giou.item() == pytest.approx(0.75)
+    assert terms.total.item() == pytest.approx(
+        terms.classification.item() + 0.1 * terms.box_regression.item() + terms.offset_regression.item()
+        + 2.0 * 0.75, rel=1e-6)  # fmt: skip
+    without = CenterNetCriterion(LossConfig(box_weight=0.1), small_centernet())(nested, one_box)
+    assert without.box_giou is None and "box_giou" not in without.as_floats()
+
+
+def test_box_samples_cover_the_middle_of_each_box_weighted_to_one_and_shared_cells_go_to_the_smaller():
+    # a tall person (cells 2..14 x 4..28 at stride 4) and a small one inside its middle
+    boxes = torch.tensor([[8.0, 16.0, 56.0, 112.0], [28.0, 56.0, 36.0, 72.0]])
+    targets = build_center_targets(boxes, torch.tensor([False, False]), (32, 24), STRIDE)
+    centres = torch.tensor([[8.0, 16.0], [8.0, 16.0]])  # both centred at cell (8, 16) -> small one is
+    assert (targets.cell_index_xy == centres.long()).all()  # the tall one's centre too
+    only_centres = box_samples(targets, (32, 24), 0.0)
+    assert only_centres.cell_index.tolist() == targets.cell_index.tolist()
+    assert only_centres.weight.tolist() == [1.0, 1.0]
+    samples = box_samples(targets, (32, 24), 0.5)
+    totals = torch.zeros(2).index_add_(0, samples.object_index, samples.weight)
+    torch.testing.assert_close(totals, torch.ones(2))
+    assert len(set(samples.cell_index.tolist())) == len(samples.cell_index)  # each cell regresses one box
+    tall_cells = samples.cell_index[samples.object_index == 0]
+    small_cells = samples.cell_index[samples.object_index == 1]
+    # the tall box's middle half: columns 5..10 and rows 10..21 whose centres lie within 6..10 x 10..22
+    columns, rows = tall_cells % 24, tall_cells // 24
+    assert columns.min() >= 5 and columns.max() <= 10 and rows.min() >= 10 and rows.max() <= 21
+    assert len(tall_cells) > 20
+    assert targets.cell_index[1].item() in small_cells.tolist()  # the shared centre goes to the small one
+    assert targets.cell_index[0].item() not in tall_cells.tolist()
+    weights = samples.weight[samples.object_index == 0]
+    nearest = ((columns.float() + 0.5 - 8.0) ** 2 + (rows.float() + 0.5 - 16.0) ** 2).argmin()
+    assert weights[nearest] == weights.max()  # the Gaussian peaks at the centre
+
+
+def test_an_object_whose_area_smaller_ones_take_keeps_its_centre_cell():
+    # two boxes of one size at one centre: the first in area order claims every cell, the other
+    # would have no sample at all
+    boxes = torch.tensor([[16.0, 16.0, 48.0, 80.0], [16.0, 16.0, 48.0, 80.0]])
+    targets = build_center_targets(boxes, torch.tensor([False, False]), (32, 24), STRIDE)
+    samples = box_samples(targets, (32, 24), 0.5)
+    assert sorted(set(samples.object_index.tolist())) == [0, 1]
+    assert samples.cell_index[samples.object_index == 1].tolist() == [targets.cell_index[1].item()]
+
+
+def test_sampled_giou_is_zero_where_every_sampled_cell_decodes_the_true_box_and_counts_only_sampled_cells():
+    box = [10.0, 10.0, 58.0, 90.0]  # cells (2.5, 2.5, 14.5, 22.5), centre (8.5, 12.5)
+    one_box = [target([box])]
+    targets = build_center_targets(one_box[0]["boxes"], one_box[0]["ignore"], (16, 24), STRIDE)
+    samples = box_samples(targets, (16, 24), 0.54)
+    assert len(samples.cell_index) > 1
+    criterion = CenterNetCriterion(
+        LossConfig(box_giou_weight=1.0, box_sample_fraction=0.54), small_centernet()
+    )
+    outputs = hand_outputs()
+    for cell in samples.cell_index.tolist():  # every sample cell decodes the true box from its own place
+        column, row = cell % 24, cell // 24
+        offset = [8.5 - column, 12.5 - row]
+        _write_box(outputs, cell, [6.0, 10.0, 6.0, 10.0], offset)
+    assert criterion(outputs, one_box).box_giou.item() == pytest.approx(0.0, abs=1e-6)
+    outside = 0 * 24 + 0  # a cell outside the box's middle: what it predicts does not count
+    _write_box(outputs, outside, [1.0, 1.0, 1.0, 1.0], [0.0, 0.0])
+    assert criterion(outputs, one_box).box_giou.item() == pytest.approx(0.0, abs=1e-6)
+    off_centre = samples.cell_index[samples.weight.argmin()].item()
+    _write_box(outputs, off_centre, [1.0, 1.0, 1.0, 1.0], [0.0, 0.0])
+    assert criterion(outputs, one_box).box_giou.item() > 0.0
+
+
+def test_giou_options_are_refused_where_they_cannot_apply():
+    with pytest.raises(ConfigError, match="box_sample_fraction.*needs box_giou_weight"):
+        LossConfig(box_sample_fraction=0.5)
+    with pytest.raises(ConfigError, match="box_sample_fraction must be within"):
+        LossConfig(box_giou_weight=1.0, box_sample_fraction=1.5)
+    with pytest.raises(ConfigError, match="needs assignment 'centre'"):
+        LossConfig(box_giou_weight=1.0, box_sample_fraction=0.5, assignment="adamot")
+    with pytest.raises(ConfigError, match="box_giou_weight must be >= 0"):
+        LossConfig(box_giou_weight=-1.0)
+    with pytest.raises(ConfigError, match="box_giou_weight is implemented for model.family 'centernet'"):
+        check_loss_fits_model(LossConfig(box_giou_weight=1.0), ModelConfig(family="retinanet"))

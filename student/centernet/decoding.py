@@ -20,6 +20,7 @@ from torchvision.ops import batched_nms, clip_boxes_to_image
 from ..config import ModelConfig
 from ..detections import InputDetections
 from .model import CenterNetOutputs
+from .targets import box_corners
 
 
 def heatmap_peaks(heatmap_logits: Tensor, top_k: int, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -34,17 +35,19 @@ def heatmap_peaks(heatmap_logits: Tensor, top_k: int, score_thresh: float) -> tu
     return image_index[kept], cells[kept], scores[kept]
 
 
-def decode_boxes(outputs: CenterNetOutputs, image_index: Tensor, cell_index: Tensor) -> Tensor:
-    """(K, 4) x1, y1, x2, y2 in input pixels of the boxes predicted at the given cells."""
+def cell_boxes(outputs: CenterNetOutputs, image_index: Tensor, cell_index: Tensor) -> Tensor:
+    """(K, 4) x1, y1, x2, y2 in output-cell units of the boxes predicted at the given cells: centred
+    at cell + predicted offset, sizes clamped at 0 (the training loss reads the same boxes)."""
     width = outputs.map_size[1]
     offset = outputs.offset.flatten(2)[image_index, :, cell_index].float()
     box = outputs.box.flatten(2)[image_index, :, cell_index].float().clamp(min=0)
     centre = torch.stack([cell_index % width, torch.div(cell_index, width, rounding_mode="floor")], dim=1)
-    centre = centre.float() + offset
-    if box.shape[1] == 4:
-        corners = torch.cat([centre - box[:, :2], centre + box[:, 2:]], dim=1)
-    else:
-        corners = torch.cat([centre - box / 2, centre + box / 2], dim=1)
+    return box_corners(centre.float() + offset, box)
+
+
+def decode_boxes(outputs: CenterNetOutputs, image_index: Tensor, cell_index: Tensor) -> Tensor:
+    """(K, 4) x1, y1, x2, y2 in input pixels of the boxes predicted at the given cells."""
+    corners = cell_boxes(outputs, image_index, cell_index)
     return clip_boxes_to_image(corners * outputs.stride, outputs.image_size)
 
 

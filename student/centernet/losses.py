@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss
 
 from ..config import LossConfig, ModelConfig
 from ..losses import (
@@ -42,10 +43,11 @@ from ..losses import (
     zero_like_graph,
 )
 from .assignment import AssignmentStatistics
+from .decoding import cell_boxes
 from .model import CenterNetOutputs
 from .positives import Positives, adamot_positives, centre_positives
 from .reid_probability import IdentityScorer
-from .targets import CenterTargets, build_center_targets
+from .targets import CenterTargets, box_corners, box_samples, build_center_targets, object_corners
 
 
 def penalty_reduced_focal_loss(
@@ -126,12 +128,15 @@ class CenterNetLossTerms(LossTerms):
     holds the one-to-k statistics (``assignment: adamot`` only)."""
 
     offset_regression: Tensor | None = None
+    box_giou: Tensor | None = None
     assignment: AssignmentStatistics | None = None
 
     def as_floats(self) -> dict[str, float]:
         values = super().as_floats()
         if self.offset_regression is not None:
             values["offset_regression"] = float(self.offset_regression.detach())
+        if self.box_giou is not None:
+            values["box_giou"] = float(self.box_giou.detach())
         if self.assignment is not None:
             values["positives_per_object"] = self.assignment.positives_per_object
             if self.assignment.identity_objects:
@@ -176,6 +181,10 @@ class CenterNetCriterion(DistillationCriterion):
         detection_total = (
             config.classification_weight * heatmap + config.box_weight * box + config.offset_weight * offset
         )
+        box_giou = None
+        if config.box_giou_weight > 0:
+            box_giou = self._giou_loss(outputs, per_image, positives)
+            detection_total = detection_total + config.box_giou_weight * box_giou
         embedding_l2, identity_ce, counts = self._identity_losses(outputs, positives)
         identity_total = torch.zeros((), device=device)
         if embedding_l2 is not None:
@@ -192,6 +201,7 @@ class CenterNetCriterion(DistillationCriterion):
             num_embedding_anchors=counts[0],
             num_identity_anchors=counts[1],
             offset_regression=offset,
+            box_giou=box_giou,
             assignment=positives.statistics,
         )
 
@@ -251,6 +261,45 @@ class CenterNetCriterion(DistillationCriterion):
             negative_weight=(1 - gaussian) ** config.heatmap_beta,
             gamma=config.heatmap_alpha,
         )
+
+    def _giou_loss(
+        self, outputs: CenterNetOutputs, per_image: Sequence[CenterTargets], positives: Positives
+    ) -> Tensor:
+        """Mean over objects of 1 - GIoU between the decoded and the true box (output-cell units), at
+        the positives, or at each object's regression samples (``box_sample_fraction`` > 0) weighted
+        to sum 1 per object."""
+        fraction = self.loss_config.box_sample_fraction
+        if fraction == 0.0:
+            image_index, cell_index = positives.image_index, positives.cell_index
+            width = outputs.map_size[1]
+            cell_xy = torch.stack(
+                [cell_index % width, torch.div(cell_index, width, rounding_mode="floor")], 1
+            )
+            centre = cell_xy.float() + positives.offset
+            true_box = box_corners(centre, positives.box)
+            weight = torch.ones(len(cell_index), device=centre.device)
+            objects = len(cell_index)
+        else:
+            parts = []
+            for image, targets in enumerate(per_image):
+                samples = box_samples(targets, outputs.map_size, fraction)
+                parts.append(
+                    (
+                        torch.full_like(samples.cell_index, image),
+                        samples.cell_index,
+                        object_corners(targets)[samples.object_index],
+                        samples.weight,
+                    )
+                )
+            image_index, cell_index, true_box, weight = (
+                torch.cat(values) for values in zip(*parts, strict=True)
+            )
+            objects = sum(len(targets.cell_index) for targets in per_image)
+        predicted = cell_boxes(outputs, image_index, cell_index)
+        if len(predicted) == 0:
+            return zero_like_graph(outputs.box)
+        losses = generalized_box_iou_loss(predicted, true_box.float(), reduction="none")
+        return (losses * weight).sum() / max(1, objects)
 
     def _image_targets(self, target: Mapping[str, Tensor], outputs: CenterNetOutputs) -> CenterTargets:
         return build_center_targets(

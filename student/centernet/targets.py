@@ -45,6 +45,18 @@ def gaussian_radius(height: Tensor, width: Tensor, min_overlap: float = 0.7) -> 
     return torch.minimum(torch.minimum(r1, r2), r3).float()
 
 
+def box_corners(centre: Tensor, box: Tensor) -> Tensor:
+    """(N, 4) x1, y1, x2, y2 of boxes at ``centre`` (N, 2) encoded as ltrb (N, 4) or wh (N, 2)."""
+    if box.shape[1] == 4:
+        return torch.cat([centre - box[:, :2], centre + box[:, 2:]], dim=1)
+    return torch.cat([centre - box / 2, centre + box / 2], dim=1)
+
+
+def object_corners(targets: CenterTargets) -> Tensor:
+    """(N, 4) x1, y1, x2, y2 of each object in output-cell units, from its centre and encoded box."""
+    return box_corners(targets.cell_index_xy.float() + targets.offset, targets.box)
+
+
 @dataclasses.dataclass(frozen=True)
 class CenterTargets:
     """Targets of one image at the output stride (N objects)."""
@@ -56,6 +68,15 @@ class CenterTargets:
     box: Tensor  # (N, 4) l, t, r, b from the centre, or (N, 2) w, h; output-cell units
     box_index: Tensor  # (N,) int64 into the image's boxes
     radius: Tensor  # (N,) int64 Gaussian radius in cells
+    map_width: int = 0  # W, to turn ``cell_index`` back into columns and rows
+
+    @property
+    def cell_index_xy(self) -> Tensor:
+        """(N, 2) int64 column, row of each object's centre cell."""
+        width = max(1, self.map_width)
+        return torch.stack(
+            [self.cell_index % width, torch.div(self.cell_index, width, rounding_mode="floor")], 1
+        )
 
 
 def build_center_targets(
@@ -100,7 +121,64 @@ def build_center_targets(
         box=box,
         box_index=box_index,
         radius=radius,
+        map_width=width,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxSamples:
+    """The cells of one image where the box is regressed, and how much each counts."""
+
+    cell_index: Tensor  # (S,) int64 flat cell
+    object_index: Tensor  # (S,) int64 into the image's objects (``CenterTargets`` rows)
+    weight: Tensor  # (S,) float32; each object's weights sum to 1
+
+
+def box_samples(targets: CenterTargets, map_size: tuple[int, int], fraction: float) -> BoxSamples:
+    """TTFNet's regression samples: each object's centre cell and every cell whose centre lies in the
+    middle ``fraction`` of its box (width and height scaled by ``fraction`` about the centre), weighted
+    by an elliptical Gaussian of sigma = fraction x size / 6 and normalised to sum 1 per object.
+
+    CenterNet regresses a box at one cell per object, which makes few samples in a
+    short schedule; the cells around the centre see nearly the same person and add
+    samples at no cost. A cell inside several objects' areas regresses the smallest
+    one (whose area is otherwise easily covered). ``fraction`` 0 gives the centre
+    cells alone, each with weight 1.
+    """
+    height, width = map_size
+    device = targets.cell_index.device
+    count = len(targets.cell_index)
+    if fraction <= 0.0 or count == 0:
+        index = torch.arange(count, device=device)
+        return BoxSamples(targets.cell_index, index, torch.ones(count, device=device))
+    corners = object_corners(targets)
+    centre = (corners[:, :2] + corners[:, 2:]) / 2
+    size = (corners[:, 2:] - corners[:, :2]).clamp(min=1e-6)
+    half = fraction * size / 2
+    xs = torch.arange(width, device=device, dtype=torch.float32) + 0.5
+    ys = torch.arange(height, device=device, dtype=torch.float32) + 0.5
+    dx = xs.view(1, 1, -1) - centre[:, 0].view(-1, 1, 1)  # (N, 1, W)
+    dy = ys.view(1, -1, 1) - centre[:, 1].view(-1, 1, 1)  # (N, H, 1)
+    inside = (dx.abs() <= half[:, 0].view(-1, 1, 1)) & (dy.abs() <= half[:, 1].view(-1, 1, 1))
+    inside = inside.flatten(1).clone()
+    inside[torch.arange(count, device=device), targets.cell_index] = True
+    sigma = (fraction * size / 6).clamp(min=1e-3)
+    gaussian = torch.exp(
+        -(dx**2) / (2 * sigma[:, 0].view(-1, 1, 1) ** 2) - dy**2 / (2 * sigma[:, 1].view(-1, 1, 1) ** 2)
+    ).flatten(1)
+    # the smallest object claims a shared cell: rank objects by area, keep the lowest rank per cell
+    area_rank = torch.empty(count, dtype=torch.long, device=device)
+    area_rank[torch.argsort(size.prod(dim=1), stable=True)] = torch.arange(count, device=device)
+    ranks = torch.where(inside, area_rank.view(-1, 1), torch.full_like(inside, count, dtype=torch.long))
+    owner = ranks.argmin(dim=0)  # (H * W,)
+    claimed = inside & (torch.arange(count, device=device).view(-1, 1) == owner.view(1, -1))
+    # an object whose every cell went to smaller ones keeps its centre cell
+    lost = ~claimed.any(dim=1)
+    claimed[lost, targets.cell_index[lost]] = True
+    object_index, cell_index = torch.nonzero(claimed, as_tuple=True)
+    weight = gaussian[object_index, cell_index].clamp(min=_GAUSSIAN_FLOOR)
+    totals = torch.zeros(count, device=device).index_add_(0, object_index, weight)
+    return BoxSamples(cell_index, object_index, weight / totals[object_index])
 
 
 def _gaussian_heatmap(centre_cell: Tensor, radius: Tensor, map_size: tuple[int, int]) -> Tensor:
@@ -138,4 +216,13 @@ def cells_inside_each_box(boxes: Tensor, map_size: tuple[int, int], stride: int)
     return in_rows[:, :, None] & in_columns[:, None, :]
 
 
-__all__ = ["CenterTargets", "build_center_targets", "cells_inside_each_box", "gaussian_radius"]
+__all__ = [
+    "BoxSamples",
+    "CenterTargets",
+    "box_corners",
+    "box_samples",
+    "build_center_targets",
+    "cells_inside_each_box",
+    "gaussian_radius",
+    "object_corners",
+]
