@@ -527,3 +527,23 @@ def test_giou_options_are_refused_where_they_cannot_apply():
         LossConfig(box_giou_weight=-1.0)
     with pytest.raises(ConfigError, match="box_giou_weight is implemented for model.family 'centernet'"):
         check_loss_fits_model(LossConfig(box_giou_weight=1.0), ModelConfig(family="retinanet"))
+
+
+def test_giou_at_adamots_positives_reads_each_positives_box_from_its_own_cell():
+    # with several positives per object, each decodes from its own cell + offset. Every cell
+    # pointing at the true centre with the true size gives 0; with half the width and height
+    # (IoU 1/4, enclosed) 3/4, whichever cells the one-to-k matching picks
+    teacher = [[0.6, 0.8] + [0.0] * 6]
+    one_box = [target([[10.0, 10.0, 58.0, 90.0]], embeddings=teacher)]  # centre (8.5, 12.5) cells
+    criterion = CenterNetCriterion(
+        LossConfig(assignment="adamot", positives_per_object=3, box_giou_weight=1.0), small_centernet()
+    )
+    for half, expected in ((1.0, 0.0), (0.5, 0.75)):
+        outputs = hand_outputs()
+        for cell in range(16 * 24):
+            column, row = cell % 24, cell // 24
+            _write_box(outputs, cell, [6.0 * half, 10.0 * half, 6.0 * half, 10.0 * half],
+                       [8.5 - column, 12.5 - row])  # fmt: skip
+        terms = criterion(outputs, one_box)
+        assert terms.num_positive_anchors == 3
+        assert terms.box_giou.item() == pytest.approx(expected, abs=1e-6)

@@ -265,9 +265,9 @@ class CenterNetCriterion(DistillationCriterion):
     def _giou_loss(
         self, outputs: CenterNetOutputs, per_image: Sequence[CenterTargets], positives: Positives
     ) -> Tensor:
-        """Mean over objects of 1 - GIoU between the decoded and the true box (output-cell units), at
-        the positives, or at each object's regression samples (``box_sample_fraction`` > 0) weighted
-        to sum 1 per object."""
+        """1 - GIoU between the decoded and the true box (output-cell units): the mean over the
+        positives, or (``box_sample_fraction`` > 0) over objects, each object's regression
+        samples weighted to sum 1."""
         fraction = self.loss_config.box_sample_fraction
         if fraction == 0.0:
             image_index, cell_index = positives.image_index, positives.cell_index
