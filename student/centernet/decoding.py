@@ -20,7 +20,7 @@ from torchvision.ops import batched_nms, clip_boxes_to_image
 from ..config import ModelConfig
 from ..detections import InputDetections
 from .model import CenterNetOutputs
-from .targets import box_corners
+from .targets import box_corners, cell_positions
 
 
 def heatmap_peaks(heatmap_logits: Tensor, top_k: int, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -41,8 +41,7 @@ def cell_boxes(outputs: CenterNetOutputs, image_index: Tensor, cell_index: Tenso
     width = outputs.map_size[1]
     offset = outputs.offset.flatten(2)[image_index, :, cell_index].float()
     box = outputs.box.flatten(2)[image_index, :, cell_index].float().clamp(min=0)
-    centre = torch.stack([cell_index % width, torch.div(cell_index, width, rounding_mode="floor")], dim=1)
-    return box_corners(centre.float() + offset, box)
+    return box_corners(cell_positions(cell_index, width).float() + offset, box)
 
 
 def decode_boxes(outputs: CenterNetOutputs, image_index: Tensor, cell_index: Tensor) -> Tensor:

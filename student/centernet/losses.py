@@ -47,7 +47,14 @@ from .decoding import cell_boxes
 from .model import CenterNetOutputs
 from .positives import Positives, adamot_positives, centre_positives
 from .reid_probability import IdentityScorer
-from .targets import CenterTargets, box_corners, box_samples, build_center_targets, object_corners
+from .targets import (
+    CenterTargets,
+    box_corners,
+    box_samples,
+    build_center_targets,
+    cell_positions,
+    object_corners,
+)
 
 
 def penalty_reduced_focal_loss(
@@ -271,11 +278,7 @@ class CenterNetCriterion(DistillationCriterion):
         fraction = self.loss_config.box_sample_fraction
         if fraction == 0.0:
             image_index, cell_index = positives.image_index, positives.cell_index
-            width = outputs.map_size[1]
-            cell_xy = torch.stack(
-                [cell_index % width, torch.div(cell_index, width, rounding_mode="floor")], 1
-            )
-            centre = cell_xy.float() + positives.offset
+            centre = cell_positions(cell_index, outputs.map_size[1]).float() + positives.offset
             true_box = box_corners(centre, positives.box)
             weight = torch.ones(len(cell_index), device=centre.device)
             objects = len(cell_index)

@@ -45,6 +45,11 @@ def gaussian_radius(height: Tensor, width: Tensor, min_overlap: float = 0.7) -> 
     return torch.minimum(torch.minimum(r1, r2), r3).float()
 
 
+def cell_positions(cell_index: Tensor, width: int) -> Tensor:
+    """(N, 2) int64 column, row of flat cell indices on a map ``width`` cells wide."""
+    return torch.stack([cell_index % width, torch.div(cell_index, width, rounding_mode="floor")], dim=1)
+
+
 def box_corners(centre: Tensor, box: Tensor) -> Tensor:
     """(N, 4) x1, y1, x2, y2 of boxes at ``centre`` (N, 2) encoded as ltrb (N, 4) or wh (N, 2)."""
     if box.shape[1] == 4:
@@ -54,7 +59,9 @@ def box_corners(centre: Tensor, box: Tensor) -> Tensor:
 
 def object_corners(targets: CenterTargets) -> Tensor:
     """(N, 4) x1, y1, x2, y2 of each object in output-cell units, from its centre and encoded box."""
-    return box_corners(targets.cell_index_xy.float() + targets.offset, targets.box)
+    return box_corners(
+        cell_positions(targets.cell_index, targets.map_width).float() + targets.offset, targets.box
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,15 +75,7 @@ class CenterTargets:
     box: Tensor  # (N, 4) l, t, r, b from the centre, or (N, 2) w, h; output-cell units
     box_index: Tensor  # (N,) int64 into the image's boxes
     radius: Tensor  # (N,) int64 Gaussian radius in cells
-    map_width: int = 0  # W, to turn ``cell_index`` back into columns and rows
-
-    @property
-    def cell_index_xy(self) -> Tensor:
-        """(N, 2) int64 column, row of each object's centre cell."""
-        width = max(1, self.map_width)
-        return torch.stack(
-            [self.cell_index % width, torch.div(self.cell_index, width, rounding_mode="floor")], 1
-        )
+    map_width: int  # W, to turn ``cell_index`` back into columns and rows
 
 
 def build_center_targets(
@@ -222,6 +221,7 @@ __all__ = [
     "box_corners",
     "box_samples",
     "build_center_targets",
+    "cell_positions",
     "cells_inside_each_box",
     "gaussian_radius",
     "object_corners",
