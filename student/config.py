@@ -384,6 +384,11 @@ class LossConfig(PlainConfig):
         )
         _require(0.0 <= self.box_sample_fraction <= 1.0, "box_sample_fraction must be within [0, 1]")
         _require(
+            self.box_giou_weight == 0.0 or self.box_weight > 0.0,
+            "box_giou_weight needs box_weight > 0: GIoU has no gradient for a box size the decoder clamps "
+            "at 0, and without the L1 term the sizes collapse",
+        )
+        _require(
             self.box_sample_fraction == 0.0 or self.box_giou_weight > 0.0,
             "box_sample_fraction chooses the cells of the GIoU box term: it needs box_giou_weight > 0",
         )

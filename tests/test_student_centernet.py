@@ -523,6 +523,8 @@ def test_giou_options_are_refused_where_they_cannot_apply():
         LossConfig(box_giou_weight=1.0, box_sample_fraction=1.5)
     with pytest.raises(ConfigError, match="needs assignment 'centre'"):
         LossConfig(box_giou_weight=1.0, box_sample_fraction=0.5, assignment="adamot")
+    with pytest.raises(ConfigError, match="box_giou_weight needs box_weight > 0"):
+        LossConfig(box_giou_weight=1.0, box_weight=0.0)
     with pytest.raises(ConfigError, match="box_giou_weight must be >= 0"):
         LossConfig(box_giou_weight=-1.0)
     with pytest.raises(ConfigError, match="box_giou_weight is implemented for model.family 'centernet'"):
