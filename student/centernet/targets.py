@@ -161,10 +161,6 @@ def box_samples(targets: CenterTargets, map_size: tuple[int, int], fraction: flo
     inside = (dx.abs() <= half[:, 0].view(-1, 1, 1)) & (dy.abs() <= half[:, 1].view(-1, 1, 1))
     inside = inside.flatten(1).clone()
     inside[torch.arange(count, device=device), targets.cell_index] = True
-    sigma = (fraction * size / 6).clamp(min=1e-3)
-    gaussian = torch.exp(
-        -(dx**2) / (2 * sigma[:, 0].view(-1, 1, 1) ** 2) - dy**2 / (2 * sigma[:, 1].view(-1, 1, 1) ** 2)
-    ).flatten(1)
     # the smallest object claims a shared cell: rank objects by area, keep the lowest rank per cell
     area_rank = torch.empty(count, dtype=torch.long, device=device)
     area_rank[torch.argsort(size.prod(dim=1), stable=True)] = torch.arange(count, device=device)
@@ -175,7 +171,10 @@ def box_samples(targets: CenterTargets, map_size: tuple[int, int], fraction: flo
     lost = ~claimed.any(dim=1)
     claimed[lost, targets.cell_index[lost]] = True
     object_index, cell_index = torch.nonzero(claimed, as_tuple=True)
-    weight = gaussian[object_index, cell_index].clamp(min=_GAUSSIAN_FLOOR)
+    # the Gaussian only where it is read: a few cells per object, not the whole map
+    sigma = (fraction * size / 6).clamp(min=1e-3)[object_index]
+    offsets = cell_positions(cell_index, width).float() + 0.5 - centre[object_index]
+    weight = torch.exp(-(offsets**2 / (2 * sigma**2)).sum(dim=1)).clamp(min=_GAUSSIAN_FLOOR)
     totals = torch.zeros(count, device=device).index_add_(0, object_index, weight)
     return BoxSamples(cell_index, object_index, weight / totals[object_index])
 
