@@ -1,0 +1,80 @@
+"""Training step time of the CenterNet recipe with and without its GIoU box term.
+
+Each training is a fresh ``python -m student.train`` process on a finished demo's shards
+(``--demo-out``), ``--max-steps STEPS``, ``--threads T`` (default 1, as ``make demo``
+trains), no final evaluation and no readout solve after the last step (the same for
+both). The recipe (default: the demo's student) runs as written and with
+``loss.box_giou_weight=0`` and ``loss.box_sample_fraction=0`` (L1 box loss only); the two
+alternate for ``--rounds`` rounds and the trainer's own seconds per step (start-up
+excluded) is compared by median, with the ratio (above 1: the term costs time). The
+targets come from the real data, so the term reads as many regression samples per image
+as the demo's training does; accuracy is measured with whole trainings in the README.
+
+    python benchmarks/box_giou_step.py                         # the demo's student, 40 steps
+    python benchmarks/box_giou_step.py --recipe configs/demo-det.yaml --steps 60 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.cpu_precision import seconds_per_step  # noqa: E402
+from benchmarks.side_by_side_training import (  # noqa: E402
+    DEFAULT_RECIPES,
+    backbone_weights,
+    training_command,
+)
+
+VARIANTS = {
+    "L1 only": ["--set", "loss.box_giou_weight=0", "--set", "loss.box_sample_fraction=0"],
+    "as the recipe": [],
+}
+NO_READOUT_SOLVE = ["--set", "optim.embedding_refit_ridge=null", "--set", "model.embedding_pooling=centre"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--demo-out", type=Path, default=Path("out/demo"), help="a finished demo's folder")
+    parser.add_argument(
+        "--recipe", type=Path, default=DEFAULT_RECIPES[0], help="the recipe (default: demo.yaml)"
+    )
+    parser.add_argument("--steps", type=int, default=40, help="steps per training (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    args = parser.parse_args(argv)
+    for split in ("train", "val"):
+        if not (args.demo_out / "shards" / split).is_dir():
+            parser.error(f"no shards at {args.demo_out / 'shards' / split}: run make demo first")
+    weights = backbone_weights(args.demo_out)
+    if weights is None or not weights.is_file():
+        parser.error(f"no backbone weights in {args.demo_out / 'weights'}: run make demo first")
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="box-giou-step-") as scratch:
+        for round_index in range(args.rounds):
+            for index, (name, sets) in enumerate(VARIANTS.items()):
+                out = Path(scratch) / f"{round_index}-{index}"
+                command = training_command(
+                    args.recipe, args.demo_out, weights, out, steps=args.steps, threads=args.threads
+                )
+                seconds, precision = seconds_per_step(command + NO_READOUT_SOLVE + sets)
+                times[name].append(seconds)
+                print(f"round {round_index + 1} {name:>13}: {seconds:.3f} s/step ({precision})", flush=True)
+    without, with_term = (statistics.median(times[name]) for name in VARIANTS)
+    print(f"\nmedian s/step, {args.recipe.name}, {args.steps} steps, {args.threads} thread(s):")
+    print(f"  L1 only:        {without:.3f}")
+    print(f"  with GIoU term: {with_term:.3f}")
+    print(f"  with / without: {with_term / without:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
