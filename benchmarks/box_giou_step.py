@@ -25,12 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cpu_precision import seconds_per_step  # noqa: E402
-from benchmarks.side_by_side_training import (  # noqa: E402
-    DEFAULT_RECIPES,
-    backbone_weights,
-    training_command,
-)
+from benchmarks.cpu_precision import add_training_arguments, demo_inputs, seconds_per_step  # noqa: E402
+from benchmarks.side_by_side_training import training_command  # noqa: E402
 
 VARIANTS = {
     "L1 only": ["--set", "loss.box_giou_weight=0", "--set", "loss.box_sample_fraction=0"],
@@ -43,20 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--demo-out", type=Path, default=Path("out/demo"), help="a finished demo's folder")
-    parser.add_argument(
-        "--recipe", type=Path, default=DEFAULT_RECIPES[0], help="the recipe (default: demo.yaml)"
-    )
-    parser.add_argument("--steps", type=int, default=40, help="steps per training (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    add_training_arguments(parser)
     args = parser.parse_args(argv)
-    for split in ("train", "val"):
-        if not (args.demo_out / "shards" / split).is_dir():
-            parser.error(f"no shards at {args.demo_out / 'shards' / split}: run make demo first")
-    weights = backbone_weights(args.demo_out)
-    if weights is None or not weights.is_file():
-        parser.error(f"no backbone weights in {args.demo_out / 'weights'}: run make demo first")
+    weights = demo_inputs(parser, args.demo_out)
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="box-giou-step-") as scratch:
         for round_index in range(args.rounds):

@@ -51,27 +51,38 @@ def seconds_per_step(command: list[str]) -> tuple[float, str]:
     return float(found.group(1)), found.group(2)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that times short demo trainings: where, which recipe, how long."""
     parser.add_argument("--demo-out", type=Path, default=Path("out/demo"), help="a finished demo's folder")
     parser.add_argument(
         "--recipe", type=Path, default=DEFAULT_RECIPES[0], help="the recipe (default: demo.yaml)"
     )
-    parser.add_argument(
-        "--backbone-weights", type=Path, help="backbone weights (default: the one in DEMO_OUT/weights)"
-    )
     parser.add_argument("--steps", type=int, default=40, help="steps per training (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    args = parser.parse_args(argv)
+
+
+def demo_inputs(parser: argparse.ArgumentParser, demo_out: Path, weights: Path | None = None) -> Path:
+    """The backbone weights of a finished demo (or ``weights``), after checking its shards exist."""
     for split in ("train", "val"):
-        if not (args.demo_out / "shards" / split).is_dir():
-            parser.error(f"no shards at {args.demo_out / 'shards' / split}: run make demo first")
-    weights = args.backbone_weights or backbone_weights(args.demo_out)
+        if not (demo_out / "shards" / split).is_dir():
+            parser.error(f"no shards at {demo_out / 'shards' / split}: run make demo first")
+    weights = weights or backbone_weights(demo_out)
     if weights is None or not weights.is_file():
-        parser.error(f"no backbone weights in {args.demo_out / 'weights'}: run make demo first")
+        parser.error(f"no backbone weights in {demo_out / 'weights'}: run make demo first")
+    return weights
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_training_arguments(parser)
+    parser.add_argument(
+        "--backbone-weights", type=Path, help="backbone weights (default: the one in DEMO_OUT/weights)"
+    )
+    args = parser.parse_args(argv)
+    weights = demo_inputs(parser, args.demo_out, args.backbone_weights)
     times: dict[str, list[float]] = {precision: [] for precision in PRECISIONS}
     with tempfile.TemporaryDirectory(prefix="cpu-precision-") as scratch:
         for round_index in range(args.rounds):
