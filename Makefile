@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED_DATA ?= $(if $(TDT_SHARED_DATA),$(TDT_SHARED_DATA),../shared/data)
 OUT ?= out
 
-.PHONY: install test demo demo-real bench lint format clean
+.PHONY: install test demo demo-seeds demo-real bench lint format clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ test: $(STAMP)
 # Resumable: a second run reuses every finished stage (python -m demo --help).
 demo: $(STAMP)
 	$(BIN)/python -m demo --out $(OUT)/demo
+
+# The demo's comparison again at five more training seeds (about an hour on two cores), and
+# the spread of each one-stage - two-stage difference: how far one demo run's verdict holds.
+demo-seeds: demo
+	$(BIN)/python -m demo.seeds --demo-out $(OUT)/demo --seeds 1 2 3 4 5
 
 # The same chain on the real PETS09 half with OSNet x0.25, from ../shared/data.
 demo-real: $(STAMP)

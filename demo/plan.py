@@ -11,7 +11,7 @@ wrote (the generated sequences, the checkpoints).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -174,7 +174,7 @@ def _synthetic_plan(options: DemoOptions) -> Iterator[Step]:
     data = ("--shards", paths.train_shards, "--val-shards", paths.val_shards, "--backbone-weights", weights)
     yield from _training_stages(options, paths, data)
     sequences = synthetic_sequences(paths.world)
-    yield _comparison_stage(options, paths, sequences, teacher, frames=None)
+    yield comparison_stage(options, paths, sequences, teacher, frames=None)
     yield _render_stage(options, paths, sequences[0], frames=None)
 
 
@@ -211,7 +211,7 @@ def _real_plan(options: DemoOptions) -> Iterator[Step]:
         backbone,
     )
     yield from _training_stages(options, paths, data)
-    yield _comparison_stage(options, paths, [sequence], teacher, frames=PETS_TEST_FRAMES)
+    yield comparison_stage(options, paths, [sequence], teacher, frames=PETS_TEST_FRAMES)
     yield _render_stage(options, paths, sequence, frames=PETS_TEST_FRAMES)
 
 
@@ -221,13 +221,23 @@ def _training_stages(options: DemoOptions, paths: Artefacts, data: tuple) -> Ite
         ("train the one-stage student (L2 to the teacher)", chosen.one_stage, paths.one_stage_run),
         ("train its detection-only twin", chosen.detection_only, paths.detection_run),
     )
-    threads = total_threads(options)
-    alone = [_training_stage(options, *run, data, threads=threads) for run in runs]
+    yield from paired_trainings(
+        lambda threads: tuple(training_stage(options, *run, data, threads=threads) for run in runs),
+        total_threads(options),
+        log_dir=paths.out / "logs",
+    )
+
+
+def paired_trainings(
+    trainings: Callable[[int], tuple[Stage, ...]], threads: int, *, log_dir: Path
+) -> Iterator[Step]:
+    """The stages ``trainings(threads_each)`` builds: side by side on half the threads each when
+    there are two threads or more and every one has work to do, else one after the other."""
+    alone = trainings(threads)
     if threads < 2 or any(stage.skip_reason is not None for stage in alone):
         yield from alone
         return
-    halves = tuple(_training_stage(options, *run, data, threads=threads // 2) for run in runs)
-    yield SideBySide(halves, log_dir=paths.out / "logs")
+    yield SideBySide(trainings(threads // 2), log_dir=log_dir)
 
 
 def total_threads(options: DemoOptions) -> int:
@@ -235,9 +245,20 @@ def total_threads(options: DemoOptions) -> int:
     return options.threads if options.threads > 0 else (os.cpu_count() or 1)
 
 
-def _training_stage(
-    options: DemoOptions, label: str, recipe: Path, run_dir: Path, data: tuple, *, threads: int
+def training_stage(
+    options: DemoOptions,
+    label: str,
+    recipe: Path,
+    run_dir: Path,
+    data: tuple,
+    *,
+    threads: int,
+    seed: int | None = None,
 ) -> Stage:
+    """Train ``recipe`` into ``run_dir``, resume it, evaluate it, or nothing when it is done.
+
+    ``seed`` overrides the recipe's ``run.seed`` of a fresh run (a resumed run keeps its own).
+    """
     from student.checkpoint import latest_checkpoint
 
     if options.steps is not None:
@@ -250,7 +271,10 @@ def _training_stage(
     progress = {"progress_log": run_dir / "train_log.csv", "progress_total": steps}
     latest = latest_checkpoint(run_dir)
     if latest is None:
-        command = python_module("student.train", "--config", recipe, *data, "--out", run_dir, *common)
+        seeded = () if seed is None else ("--seed", seed)
+        command = python_module(
+            "student.train", "--config", recipe, *data, "--out", run_dir, *common, *seeded
+        )
         return Stage(label, command, **progress)
     reached = _checkpoint_step(latest)
     command = python_module("student.train", "--resume", run_dir, *common)
@@ -277,13 +301,17 @@ def _checkpoint_step(path: Path) -> int:
     return load_checkpoint(path).step
 
 
-def _comparison_stage(
+def comparison_stage(
     options: DemoOptions,
     paths: Artefacts,
     sequences: list[Path],
     teacher: tuple,
     frames: tuple[int, int] | None,
+    *,
+    oracle: bool = True,
 ) -> Stage:
+    """One-stage (``paths``' student) against two-stage (its twin + ``teacher``), and with
+    ``oracle`` the ground-truth rows."""
     one_stage = paths.one_stage_run / "last.pt"
     detection = paths.detection_run / "last.pt"
     command = python_module(
@@ -295,7 +323,7 @@ def _comparison_stage(
         "--two-stage",
         detection,
         *teacher,
-        "--oracle",
+        *(("--oracle",) if oracle else ()),
         *(("--frames", *frames) if frames else ()),
         *_threads(options),
         "--out",

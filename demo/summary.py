@@ -75,6 +75,11 @@ def summary(options: DemoOptions, log: StageLog, wall_seconds: float) -> str:
     line = verdict(results)
     if line is not None:
         lines += ["", line + "."]
+        if not options.real:
+            lines.append(
+                "These differences come from one training seed each; `make demo-seeds` trains both "
+                "students at five more seeds and reports the spread."
+            )
     one_stage_ap, twin_ap = student_ap(paths.one_stage_run), student_ap(paths.detection_run)
     if one_stage_ap is not None and twin_ap is not None:
         held_out = "frames 301-397" if options.real else "the held-out synthetic images"

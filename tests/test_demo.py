@@ -74,6 +74,7 @@ def test_tiny_demo_chain_produces_every_artefact(tiny_demo) -> None:
     summary_text = (out / "SUMMARY.md").read_text()
     assert "SYNTHETIC" in summary_text
     assert "What each row means:" in summary_text and "one-stage vs two-stage: HOTA" in summary_text
+    assert "`make demo-seeds` trains both students at five more seeds" in summary_text
     assert f"still             {still}" in summary_text
     assert "min wall time" in summary_text
     assert json.loads((out / "demo-timings.json").read_text())["wall"] > 0
@@ -98,6 +99,123 @@ def test_second_demo_run_reuses_every_stage(tiny_demo) -> None:
     assert len(trained) == 2
     assert any(name.startswith("compare") for name in timings["skipped"])
     assert checkpoint.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_seeds_retrain_the_demo_at_another_seed_and_report_both(tiny_demo) -> None:
+    out, first = tiny_demo
+    assert first.returncode == 0
+    command = [sys.executable, "-m", "demo.seeds", "--demo-out", str(out), "--seeds", "1", "--threads", "2"]
+    # the demo's own teacher file: the fetched one, or the shared copy it was given
+    command += _teacher_weights_arguments()
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    import torch
+
+    import student
+
+    seed_dir = out / "seeds" / "seed-1"
+    retrained = student.load(seed_dir / "train-l2" / "last.pt")
+    demo_student = student.load(out / "train-l2" / "last.pt")
+    assert retrained.config.to_dict() == demo_student.config.to_dict()
+    from student.checkpoint import load_checkpoint
+
+    seeded = load_checkpoint(seed_dir / "train-l2" / "last.pt")
+    assert seeded.config["run"]["seed"] == 1
+    assert (
+        seeded.config["optim"]["max_steps"]
+        == load_checkpoint(out / "train-l2" / "last.pt").config["optim"]["max_steps"]
+    )
+    own = load_checkpoint(out / "train-l2" / "last.pt").model_state
+    assert any(not torch.equal(own[key], value) for key, value in seeded.model_state.items())
+    assert student.load(seed_dir / "train-det" / "last.pt").embedding_dim is None
+
+    comparison = json.loads((seed_dir / "compare" / "results.json").read_text())
+    assert {tracker["key"] for tracker in comparison["trackers"]} == {"one-stage", "two-stage"}
+    report = json.loads((out / "seeds" / "seeds.json").read_text())
+    assert [entry["seed"] for entry in report["seeds"]] == [0, 1]
+    by_key = {tracker["key"]: tracker["results"]["OVERALL"] for tracker in comparison["trackers"]}
+    assert report["seeds"][1]["one_stage"] == by_key["one-stage"]
+    assert report["seeds"][1]["two_stage"] == by_key["two-stage"]
+    assert (
+        report["seeds"][0]["one_stage_ap"]
+        == json.loads((out / "train-l2" / "evaluation.json").read_text())["ap50"]
+    )
+    differences = [
+        100 * (entry["one_stage"]["mota"] - entry["two_stage"]["mota"]) for entry in report["seeds"]
+    ]
+    assert report["spreads"]["MOTA difference"]["mean"] == pytest.approx(sum(differences) / 2)
+    assert "| 1 |" in (out / "seeds" / "seeds.md").read_text()
+
+    checkpoint = seed_dir / "train-l2" / "last.pt"
+    before = checkpoint.stat().st_mtime_ns
+    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("done already") == 3
+    assert checkpoint.stat().st_mtime_ns == before
+
+
+def test_seeds_refuse_an_unfinished_demo_and_negative_seeds(tmp_path: Path, capsys) -> None:
+    from demo.seeds import main as seeds_main
+
+    assert seeds_main(["--demo-out", str(tmp_path / "absent")]) == 2
+    error = capsys.readouterr().err
+    assert "is not a finished demo" in error and "train-l2/config.yaml" in error
+    assert seeds_main(["--demo-out", str(tmp_path), "--seeds", "-1"]) == 2
+    assert "non-negative" in capsys.readouterr().err
+
+
+def test_seeds_refuse_a_seed_run_trained_with_another_recipe(tmp_path: Path) -> None:
+    from demo.seeds import SeedOptions, check_seed_recipes
+    from student.recipe import RECIPE_NAME, TrainConfig, load_train_config, write_recipe
+
+    def write(run_dir: Path, recipe: str, **run_changes) -> dict:
+        document = load_train_config(REPO_ROOT / "configs" / recipe).to_dict()
+        document["run"].update(run_changes, out_dir=str(run_dir))
+        run_dir.mkdir(parents=True)
+        write_recipe(run_dir / RECIPE_NAME, TrainConfig.from_dict(document))
+        return document
+
+    demo = tmp_path / "demo"
+    write(demo / "train-l2", "tiny.yaml")
+    write(demo / "train-det", "tiny-det.yaml")
+    options = SeedOptions(demo_out=demo, seeds=(1,), out=demo / "seeds")
+    check_seed_recipes(options)  # nothing trained yet
+    seed_run = demo / "seeds" / "seed-1"
+    write(seed_run / "train-l2", "tiny.yaml", seed=1, threads=1)
+    check_seed_recipes(options)  # another seed, out_dir and threads are the seed run's own
+    changed = load_train_config(seed_run / "train-l2" / RECIPE_NAME).to_dict()
+    changed["optim"]["max_steps"] += 1
+    write_recipe(seed_run / "train-l2" / RECIPE_NAME, TrainConfig.from_dict(changed))
+    with pytest.raises(
+        ValueError, match=r"seed-1/train-l2 was trained with another recipe.*optim\.max_steps"
+    ):
+        check_seed_recipes(options)
+
+
+def test_seed_spreads_and_report_from_hand_values() -> None:
+    from demo.seeds import SeedResult, Spread, report, spreads
+
+    def scores(hota: float, mota: float, idf1: float, switches: int, fps: float) -> dict:
+        return {"hota": hota, "mota": mota, "idf1": idf1, "id_switches": switches, "fps": fps}
+
+    results = [
+        SeedResult(0, 0.85, 0.84, scores(0.50, 0.62, 0.70, 40, 12.0), scores(0.51, 0.60, 0.71, 44, 8.0)),
+        SeedResult(3, 0.83, 0.86, scores(0.48, 0.58, 0.66, 50, 11.0), scores(0.50, 0.61, 0.70, 30, 10.0)),
+    ]
+    found = spreads(results)
+    # one-stage minus two-stage, in points: MOTA +2 and -3
+    assert found["MOTA difference"] == Spread(
+        pytest.approx(-0.5), pytest.approx(12.5**0.5), pytest.approx(-3.0), pytest.approx(2.0)
+    )
+    assert found["ID switch difference"] == Spread(8.0, pytest.approx(288**0.5), -4.0, 20.0)
+    assert found["FPS ratio"].mean == pytest.approx((1.5 + 1.1) / 2)
+    assert found["one-stage AP@0.5"].low == 0.83
+    text = report(results)
+    assert "| 3 | 0.830 | 0.860 | 48.0 / 50.0 | 58.0 / 61.0 | 66.0 / 70.0 | 50 / 30 | 1.10 |" in text
+    assert "- MOTA difference: -0.5 ± 3.5 [-3.0, +2.0]" in text
+    assert Spread.of([0.5]).shown(1) == "0.5 [0.5, 0.5]"
 
 
 def test_stamped_stage_reruns_when_an_input_changes(tmp_path: Path) -> None:
