@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from demo.plan import DemoOptions, plan
-from demo.stages import SideBySide, StageFailed, StageLog, run_side_by_side, run_stage
+from demo.stages import StageLog, run_chain
 from demo.summary import summary
 from tdt.process import configure_for_cli
 
-EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 DESCRIPTION = """\
@@ -116,18 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     log = StageLog()
     started = time.perf_counter()
-    try:
-        for step in plan(options):
-            if isinstance(step, SideBySide):
-                run_side_by_side(step, log)
-            else:
-                run_stage(step, log)
-    except StageFailed as error:
-        print(f"\nerror: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the demo again to resume where it stopped", file=sys.stderr)
-        return 130
+    status = run_chain(plan(options), log)
+    if status != 0:
+        return status
     wall_seconds = time.perf_counter() - started
     report = summary(options, log, wall_seconds)
     print(report)

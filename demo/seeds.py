@@ -32,11 +32,10 @@ from demo.plan import (
     total_threads,
     training_stage,
 )
-from demo.stages import SideBySide, Stage, StageFailed, StageLog, run_side_by_side, run_stage
+from demo.stages import Stage, StageLog, run_chain
 from demo.summary import OVERALL, student_ap
 from tdt.process import configure_for_cli
 
-EXIT_FAILED = 1
 EXIT_USAGE = 2
 REPORT_NAME = "seeds.md"
 RESULTS_NAME = "seeds.json"
@@ -332,18 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     log = StageLog()
     started = time.perf_counter()
-    try:
-        for step in plan_seeds(options, weights):
-            if isinstance(step, SideBySide):
-                run_side_by_side(step, log)
-            else:
-                run_stage(step, log)
-    except StageFailed as error:
-        print(f"\nerror: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("\ninterrupted: run it again to resume where it stopped", file=sys.stderr)
-        return 130
+    status = run_chain(plan_seeds(options, weights), log)
+    if status != 0:
+        return status
     results = [read_result(run) for run in seed_runs(options)]
     text = report(results)
     options.out.mkdir(parents=True, exist_ok=True)

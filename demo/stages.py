@@ -26,7 +26,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,6 +218,28 @@ def run_side_by_side(group: SideBySide, log: StageLog, *, poll_seconds: float = 
         print(f"    {stage.name}: done ({log.seconds[stage.name]:.0f} s)", flush=True)
         for line in _closing_lines(output_log(group, stage)):
             print(f"      {line}", flush=True)
+
+
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def run_chain(steps: Iterable[Stage | SideBySide], log: StageLog) -> int:
+    """Run every step in turn: 0, or the exit status after saying why the chain stopped
+    (a failed stage, or Ctrl-C: running it again resumes where it stopped)."""
+    try:
+        for step in steps:
+            if isinstance(step, SideBySide):
+                run_side_by_side(step, log)
+            else:
+                run_stage(step, log)
+    except StageFailed as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume where it stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
 
 
 # What a finished training or evaluation says about itself on its last lines.

@@ -249,6 +249,20 @@ def test_failing_stage_names_the_command_and_leaves_no_stamp(tmp_path: Path) -> 
     assert not (tmp_path / STAMP_NAME).exists()
 
 
+def test_chain_stops_at_a_failed_stage_with_its_exit_status(tmp_path: Path, capsys) -> None:
+    from demo.stages import EXIT_FAILED, run_chain
+
+    ran = tmp_path / "ran"
+    steps = [
+        Stage("fails", (sys.executable, "-c", "raise SystemExit(3)")),
+        Stage("never", (sys.executable, "-c", f"open({str(ran)!r}, 'w')")),
+    ]
+    assert run_chain(steps, StageLog()) == EXIT_FAILED
+    assert "stage 'fails' failed (exit status 3)" in capsys.readouterr().err
+    assert not ran.exists()
+    assert run_chain(steps[1:], StageLog()) == 0 and ran.exists()
+
+
 def _writes_steps(train_log: Path, steps: int, then: str = "") -> tuple[str, ...]:
     """A stand-in training: writes a train_log.csv row per step, then runs ``then``."""
     code = (
