@@ -175,6 +175,35 @@ def test_iou_only_tracking_follows_motion_and_never_reuses_ids():
     assert ids_of(out) == {3, 4}
 
 
+def test_embedding_weight_zero_tracks_as_if_there_were_no_embeddings():
+    """Weight 0 means motion alone: the same tracks as the IoU path, whatever the embeddings say."""
+    rng = np.random.default_rng(0)
+
+    def scene(t: int) -> list[list[float]]:
+        # a few pixels of detector noise: a Mahalanobis distance held to the embedding
+        # threshold fails such boxes, the IoU path does not
+        wobble = rng.normal(scale=4.0, size=(3, 2))
+        people = [
+            box(100 + 6 * t + wobble[0, 0], 200 + wobble[0, 1]),
+            box(600 - 6 * t + wobble[1, 0], 205 + wobble[1, 1]),
+            box(300 + wobble[2, 0], 420 + 2 * t + wobble[2, 1]),
+        ]
+        return [person for index, person in enumerate(people) if not (index == 0 and 12 <= t < 16)]
+
+    with_features = Tracker(TrackerConfig(embedding_weight=0.0))
+    without = Tracker(TrackerConfig(embedding_weight=0.0))
+    for t in range(40):
+        boxes = scene(t)
+        # embeddings that would swap identities if they were used
+        features = rng.normal(size=(len(boxes), DIM)).astype(np.float32)
+        first = with_features.update(*frame(boxes, features=features))
+        second = without.update(*frame(boxes))
+        np.testing.assert_array_equal(first.track_ids, second.track_ids)
+        np.testing.assert_array_equal(first.tlbr, second.tlbr)
+    assert with_features.num_lost == without.num_lost
+    assert len(first) == 3
+
+
 def test_younger_duplicate_of_a_lost_track_is_dropped():
     """A re-detection the embedding rejects, born on top of an older lost track, is dropped."""
     tracker = Tracker(TrackerConfig())

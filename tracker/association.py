@@ -291,7 +291,7 @@ class Tracker:
         gating = self.kalman_filter.gating_distance(
             tracks.mean[pool], tracks.covariance[pool], detections.xyah
         )
-        if self._embedding_dim:
+        if self._uses_appearance():
             return fuse_motion(
                 embedding_distance(tracks.feature[pool], detections.feature),
                 gating,
@@ -303,9 +303,15 @@ class Tracker:
         return cost
 
     def _first_step_threshold(self) -> float:
-        if self._embedding_dim:
+        if self._uses_appearance():
             return self.config.embedding_match_threshold
         return self.config.motion_iou_match_threshold
+
+    def _uses_appearance(self) -> bool:
+        # embedding_weight 0 asks for motion alone: the IoU path, as without embeddings. The fused
+        # cost would be a squared Mahalanobis distance held to the embedding threshold (0.4),
+        # which almost no pair passes.
+        return bool(self._embedding_dim) and self.config.embedding_weight > 0
 
     def _apply_matches(
         self,

@@ -35,7 +35,8 @@ class TrackerConfig(PlainConfig):
     min_score: float = 0.4
     # An unmatched detection starts a new track only when its score reaches this.
     det_thresh: float = 0.4
-    # Step 1: cost = λ·cosine distance + (1 − λ)·squared Mahalanobis distance.
+    # Step 1: cost = λ·cosine distance + (1 − λ)·squared Mahalanobis distance. 0: appearance is
+    # not used, and step 1 is the gated IoU of detections without embeddings (below).
     embedding_weight: float = 0.98
     # Pairs farther than this squared Mahalanobis distance cannot match (χ² 0.95, 4 dof).
     gating_threshold: float = CHI2_95_4DOF
