@@ -32,7 +32,7 @@ from demo.plan import (
     total_threads,
     training_stage,
 )
-from demo.stages import Stage, StageLog, run_chain
+from demo.stages import EXIT_FAILED, Stage, StageLog, run_chain
 from demo.summary import OVERALL, student_ap
 from tdt.process import configure_for_cli
 
@@ -334,7 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = run_chain(plan_seeds(options, weights), log)
     if status != 0:
         return status
-    results = [read_result(run) for run in seed_runs(options)]
+    try:
+        results = [read_result(run) for run in seed_runs(options)]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     text = report(results)
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / REPORT_NAME).write_text(text)

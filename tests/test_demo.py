@@ -194,6 +194,19 @@ def test_seeds_refuse_a_seed_run_trained_with_another_recipe(tmp_path: Path) -> 
         check_seed_recipes(options)
 
 
+def test_seed_result_without_an_evaluation_names_the_folder(tmp_path: Path) -> None:
+    from demo.plan import Artefacts
+    from demo.seeds import SeedRun, read_result
+
+    paths = Artefacts(tmp_path / "seed-7")
+    paths.comparison.mkdir(parents=True)
+    scores = {"hota": 0.5, "mota": 0.6, "idf1": 0.7, "id_switches": 3, "fps": 9.0}
+    trackers = [{"key": key, "results": {"OVERALL": scores}} for key in ("one-stage", "two-stage")]
+    (paths.comparison / "results.json").write_text(json.dumps({"trackers": trackers}))
+    with pytest.raises(ValueError, match=r"seed 7: a training under .*seed-7 has no evaluation.json"):
+        read_result(SeedRun(7, paths))
+
+
 def test_seed_spreads_and_report_from_hand_values() -> None:
     from demo.seeds import SeedResult, Spread, report, spreads
 
