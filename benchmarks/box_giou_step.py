@@ -17,16 +17,18 @@ as the demo's training does; accuracy is measured with whole trainings in the RE
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cpu_precision import add_training_arguments, demo_inputs, seconds_per_step  # noqa: E402
-from benchmarks.side_by_side_training import training_command  # noqa: E402
+from benchmarks.cpu_precision import (  # noqa: E402
+    add_training_arguments,
+    demo_inputs,
+    median_step_times,
+    print_medians,
+)
 
 VARIANTS = {
     "L1 only": ["--set", "loss.box_giou_weight=0", "--set", "loss.box_sample_fraction=0"],
@@ -42,22 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_training_arguments(parser)
     args = parser.parse_args(argv)
     weights = demo_inputs(parser, args.demo_out)
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    with tempfile.TemporaryDirectory(prefix="box-giou-step-") as scratch:
-        for round_index in range(args.rounds):
-            for index, (name, sets) in enumerate(VARIANTS.items()):
-                out = Path(scratch) / f"{round_index}-{index}"
-                command = training_command(
-                    args.recipe, args.demo_out, weights, out, steps=args.steps, threads=args.threads
-                )
-                seconds, precision = seconds_per_step(command + NO_READOUT_SOLVE + sets)
-                times[name].append(seconds)
-                print(f"round {round_index + 1} {name:>13}: {seconds:.3f} s/step ({precision})", flush=True)
-    without, with_term = (statistics.median(times[name]) for name in VARIANTS)
-    print(f"\nmedian s/step, {args.recipe.name}, {args.steps} steps, {args.threads} thread(s):")
-    print(f"  L1 only:        {without:.3f}")
-    print(f"  with GIoU term: {with_term:.3f}")
-    print(f"  with / without: {with_term / without:.2f}")
+    variants = {name: NO_READOUT_SOLVE + sets for name, sets in VARIANTS.items()}
+    medians = median_step_times(args, weights, variants, scratch_prefix="box-giou-step-")
+    print_medians(args, medians, "with / without")
     return 0
 
 

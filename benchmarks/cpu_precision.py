@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,6 +73,36 @@ def demo_inputs(parser: argparse.ArgumentParser, demo_out: Path, weights: Path |
     return weights
 
 
+def median_step_times(
+    args: argparse.Namespace, weights: Path, variants: Mapping[str, list[str]], *, scratch_prefix: str
+) -> dict[str, float]:
+    """Train every variant (extra trainer arguments) once per round, in turn, printing each
+    time; the median seconds per step of each. ``args`` carries ``add_training_arguments``."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    width = max(len(name) for name in variants)
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch:
+        for round_index in range(args.rounds):
+            for index, (name, extra) in enumerate(variants.items()):
+                out = Path(scratch) / f"{round_index}-{index}"
+                command = training_command(
+                    args.recipe, args.demo_out, weights, out, steps=args.steps, threads=args.threads
+                )
+                seconds, used = seconds_per_step(command + extra)
+                times[name].append(seconds)
+                print(f"round {round_index + 1} {name:>{width}}: {seconds:.3f} s/step ({used})", flush=True)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def print_medians(args: argparse.Namespace, medians: Mapping[str, float], ratio: str) -> None:
+    """The medians under their names, then the last over the first as ``ratio``."""
+    print(f"\nmedian s/step, {args.recipe.name}, {args.steps} steps, {args.threads} thread(s):")
+    width = max(len(name) for name in medians) + 1
+    for name, seconds in medians.items():
+        print(f"  {name + ':':<{width}} {seconds:.3f}")
+    first, *_, last = medians.values()
+    print(f"  {ratio}: {last / first:.2f}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,26 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     weights = demo_inputs(parser, args.demo_out, args.backbone_weights)
-    times: dict[str, list[float]] = {precision: [] for precision in PRECISIONS}
-    with tempfile.TemporaryDirectory(prefix="cpu-precision-") as scratch:
-        for round_index in range(args.rounds):
-            for precision in PRECISIONS:
-                command = training_command(
-                    args.recipe,
-                    args.demo_out,
-                    weights,
-                    Path(scratch) / f"{round_index}-{precision}",
-                    steps=args.steps,
-                    threads=args.threads,
-                ) + ["--set", f"run.cpu_precision={precision}"]
-                seconds, used = seconds_per_step(command)
-                times[precision].append(seconds)
-                print(f"round {round_index + 1} {precision:>9}: {seconds:.3f} s/step ({used})", flush=True)
-    float32, bfloat16 = (statistics.median(times[precision]) for precision in PRECISIONS)
-    print(f"\nmedian s/step, {args.recipe.name}, {args.steps} steps, {args.threads} thread(s):")
-    print(f"  float32:           {float32:.3f}")
-    print(f"  bfloat16 autocast: {bfloat16:.3f}")
-    print(f"  bfloat16 / float32: {bfloat16 / float32:.2f}")
+    variants = {precision: ["--set", f"run.cpu_precision={precision}"] for precision in PRECISIONS}
+    medians = median_step_times(args, weights, variants, scratch_prefix="cpu-precision-")
+    print_medians(args, medians, "bfloat16 / float32")
     return 0
 
 
