@@ -93,7 +93,10 @@ class ModelConfig(PlainConfig):
     (:class:`student.centernet.model.BoxPooledEmbeddingHead`). The readout is not
     trained by SGD: the L2 loss trains the centre head as usual, which shapes the
     shared features, and the readout is solved by least squares after the last
-    step (``optim.embedding_refit_ridge``, required). ``peak_nms_thresh`` (null: FairMOT's 3x3
+    step (``optim.embedding_refit_ridge``, required). ``box_readout_neck_maps``: how
+    many of the neck's maps that readout pools, finest first: 1 the stride-4 map alone,
+    2 also the stride-8 map over a 4 x 2 grid, 3 also the stride-16 map over 2 x 1.
+    ``peak_nms_thresh`` (null: FairMOT's 3x3
     max-pool alone) adds a box NMS at that IoU over the peaks: a student trained
     with several positives per object (AdaMOT's one-to-k assignment) leaves
     several peaks per person that the max-pool keeps when they are more than one
@@ -150,6 +153,7 @@ class ModelConfig(PlainConfig):
     reciprocal_network: bool = False
     scale_aware_embedding: bool = False
     embedding_pooling: EmbeddingPooling = "centre"
+    box_readout_neck_maps: int = 1
 
     def __post_init__(self) -> None:
         _require(
@@ -217,7 +221,17 @@ class ModelConfig(PlainConfig):
             self.embedding_pooling in get_args(EmbeddingPooling),
             f"embedding_pooling must be one of {get_args(EmbeddingPooling)}",
         )
+        _require(
+            self.box_readout_neck_maps in (1, 2, 3),
+            "box_readout_neck_maps must be 1 (the stride-4 map), 2 (and stride 8) or 3 (and stride 16), "
+            f"got {self.box_readout_neck_maps}",
+        )
         if self.embedding_pooling == "centre":
+            _require(
+                self.box_readout_neck_maps == 1,
+                "box_readout_neck_maps is read by the box readout only: set embedding_pooling: box, "
+                "or leave it at 1",
+            )
             return
         _require(
             self.family == "centernet",

@@ -36,6 +36,7 @@ from .refit import RefitError, RefitReport, refit_embedding_head
 from .selection import select_images
 
 DEFAULT_RIDGE = 0.03  # the demo recipe's, chosen there on held-out images (README)
+DEFAULT_NECK_MAPS = 3  # the demo recipe's model.box_readout_neck_maps, chosen the same way
 READOUT_PREFIX = "box_readout."
 
 
@@ -44,13 +45,15 @@ def add_box_readout(
     out: str | Path,
     *,
     ridge: float = DEFAULT_RIDGE,
+    neck_maps: int = DEFAULT_NECK_MAPS,
     device: str | torch.device = "cpu",
     batch_size: int = 4,
     verify_shards: bool = True,
     progress: bool = False,
 ) -> RefitReport:
     """Write to ``out`` the checkpoint ``source`` with a box readout solved on its training
-    images; ``out`` must not exist yet."""
+    images, pooling ``neck_maps`` of the neck's maps (``model.box_readout_neck_maps``); ``out``
+    must not exist yet. A readout the checkpoint already holds is replaced, whatever maps it read."""
     source, out = Path(source), Path(out)
     if out.exists():
         raise CheckpointError(f"{out} already exists: choose another --out (nothing was overwritten)")
@@ -61,13 +64,17 @@ def add_box_readout(
     try:
         config = dataclasses.replace(
             recipe,
-            model=dataclasses.replace(recipe.model, embedding_pooling="box"),
+            model=dataclasses.replace(recipe.model, embedding_pooling="box", box_readout_neck_maps=neck_maps),
             optim=dataclasses.replace(recipe.optim, embedding_refit_ridge=ridge),
         )
     except ConfigError as error:
         raise ConfigError(f"{source}: cannot take a box readout: {error}") from error
     model = build_student(config.model, warn_if_random_backbone=False)
-    missing, unexpected = model.load_state_dict(checkpoint.model_state, strict=False)
+    # an earlier readout may have read other maps (another shape): it is solved again anyway
+    trained = {
+        key: value for key, value in checkpoint.model_state.items() if not key.startswith(READOUT_PREFIX)
+    }
+    missing, unexpected = model.load_state_dict(trained, strict=False)
     foreign = [key for key in missing if not key.startswith(READOUT_PREFIX)] + list(unexpected)
     if foreign:
         raise CheckpointError(f"{source}: its weights do not fit its own recipe's model: {foreign[:5]}")
@@ -129,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RIDGE,
         help="ridge penalty per object on standardised inputs (optim.embedding_refit_ridge)",
     )
+    parser.add_argument(
+        "--neck-maps",
+        type=int,
+        choices=(1, 2, 3),
+        default=DEFAULT_NECK_MAPS,
+        help="how many of the neck's maps the readout pools (model.box_readout_neck_maps): 1 the "
+        "stride-4 map, 2 also stride 8, 3 also stride 16",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -149,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.checkpoint,
             args.out,
             ridge=args.ridge,
+            neck_maps=args.neck_maps,
             device=args.device,
             batch_size=args.batch_size,
             verify_shards=not args.no_verify,

@@ -12,7 +12,13 @@ from student_fixtures import small_centernet
 
 from student.api import load_student
 from student.centernet import CenterNetCriterion, decode_center_outputs
-from student.centernet.model import BOX_POOLING_BINS, BoxPooledEmbeddingHead, box_bins, centre_windows
+from student.centernet.model import (
+    BOX_POOLING_BINS,
+    COARSE_POOLING,
+    BoxPooledEmbeddingHead,
+    box_bins,
+    centre_windows,
+)
 from student.checkpoint import CheckpointError, TrainingCheckpoint, save_checkpoint
 from student.config import ConfigError, LossConfig, ModelConfig
 from student.families import build_student
@@ -22,10 +28,10 @@ from student.sources import ShardSource
 STRIDE = 4
 
 
-def coordinate_map(height: int, width: int) -> torch.Tensor:
+def coordinate_map(height: int, width: int, stride: int = STRIDE) -> torch.Tensor:
     """(1, 2, H, W): channel 0 holds each cell centre's x, channel 1 its y, in input pixels."""
-    xs = (torch.arange(width, dtype=torch.float32) + 0.5) * STRIDE
-    ys = (torch.arange(height, dtype=torch.float32) + 0.5) * STRIDE
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) * stride
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) * stride
     columns = xs.view(1, width).expand(height, width)
     rows = ys.view(height, 1).expand(height, width)
     return torch.stack([columns, rows])[None]
@@ -68,6 +74,57 @@ def test_the_head_reads_each_objects_own_image_and_box():
     torch.testing.assert_close(windows.view(3, 3, 3)[:, 1, 1], features[0, :, 3, 4])
 
 
+def test_the_readout_also_pools_the_coarser_neck_maps_over_their_own_grids():
+    """Each coarser map is read at its own stride: a map holding its cells' centres pools to
+    the centres of the box's bins, whatever the stride."""
+    fine, box = coordinate_map(16, 24), torch.tensor([[8.0, 4.0, 40.0, 60.0]])
+    coarse = tuple(coordinate_map(64 // stride, 96 // stride, stride) for stride, _ in COARSE_POOLING)
+    head = BoxPooledEmbeddingHead(2, 5, coarse_channels=(2, 2))
+    rows, columns = BOX_POOLING_BINS
+    fine_inputs = 2 * (9 + rows * columns)
+    inputs = head.readout_inputs(fine, torch.tensor([0]), torch.tensor([3 * 24 + 6]), box, STRIDE, coarse)
+    assert inputs.shape == (1, head.output.in_features)
+    offset = fine_inputs
+    for (_, (coarse_rows, coarse_columns)), width in zip(COARSE_POOLING, (16, 4), strict=True):
+        pooled = inputs[0, offset : offset + width].view(2, coarse_rows, coarse_columns)
+        x1, y1, x2, y2 = box[0].tolist()
+        bin_x = x1 + (torch.arange(coarse_columns) + 0.5) * (x2 - x1) / coarse_columns
+        bin_y = y1 + (torch.arange(coarse_rows) + 0.5) * (y2 - y1) / coarse_rows
+        torch.testing.assert_close(pooled[0], bin_x.expand(coarse_rows, coarse_columns))
+        torch.testing.assert_close(pooled[1], bin_y[:, None].expand(coarse_rows, coarse_columns))
+        offset += width
+    assert offset == head.output.in_features
+    with pytest.raises(ValueError, match="pools 2 coarser maps, got 1"):
+        head.readout_inputs(fine, torch.tensor([0]), torch.tensor([0]), box, STRIDE, coarse[:1])
+
+
+@pytest.mark.parametrize("neck_maps", [2, 3])
+def test_detections_are_embedded_from_the_neck_maps_the_readout_was_built_for(neck_maps):
+    torch.manual_seed(0)
+    config = small_centernet(
+        embedding_pooling="box", box_readout_neck_maps=neck_maps, neck_channels=(48, 40, 32)
+    )
+    model = build_student(config, warn_if_random_backbone=False).eval()
+    rows, columns = BOX_POOLING_BINS
+    coarse_inputs = [40 * 8, 48 * 2][: neck_maps - 1]  # stride 8 over 4 x 2, stride 16 over 2 x 1
+    assert model.box_readout.output.in_features == 32 * (9 + rows * columns) + sum(coarse_inputs)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.box_readout.output.weight)
+        outputs = model(torch.rand(1, 3, 64, 96))
+        detections = decode_center_outputs(outputs, config)[0]
+        neck = model.backbone.neck_maps((torch.rand(1, 3, 64, 96) - model.pixel_mean) / model.pixel_std)
+    assert [coarse.shape[-1] for coarse in outputs.coarse_features] == [12, 6][: neck_maps - 1]
+    assert [coarse.shape[1] for coarse in outputs.coarse_features] == [40, 48][: neck_maps - 1]
+    assert [m.shape[1] for m in neck] == [48, 40, 32]
+    index = torch.zeros_like(detections.anchor_indices)
+    expected = model.box_readout.at_boxes(
+        outputs.features, index, detections.anchor_indices, detections.boxes, STRIDE, outputs.coarse_features
+    )
+    torch.testing.assert_close(detections.embeddings, torch.nn.functional.normalize(expected, dim=1))
+    without_coarse = BoxPooledEmbeddingHead(32, config.embedding_dim)
+    assert without_coarse.output.in_features < model.box_readout.output.in_features
+
+
 def test_box_pooling_is_refused_where_there_is_no_box_to_read_or_no_solve(tmp_path: Path):
     with pytest.raises(ConfigError, match="family 'centernet' only"):
         ModelConfig(embedding_pooling="box")
@@ -77,6 +134,10 @@ def test_box_pooling_is_refused_where_there_is_no_box_to_read_or_no_solve(tmp_pa
         small_centernet(embedding_pooling="box", dense_embeddings=True)
     with pytest.raises(ConfigError, match="embedding_pooling must be one of"):
         small_centernet(embedding_pooling="roi")
+    with pytest.raises(ConfigError, match="box_readout_neck_maps must be 1 .* got 4"):
+        small_centernet(embedding_pooling="box", box_readout_neck_maps=4)
+    with pytest.raises(ConfigError, match="read by the box readout only"):
+        small_centernet(box_readout_neck_maps=3)
     data = DataConfig(train=(ShardSource(directory=str(tmp_path)),))
     with pytest.raises(ConfigError, match="set optim.embedding_refit_ridge"):
         TrainConfig(model=small_centernet(embedding_pooling="box"), data=data)

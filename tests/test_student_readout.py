@@ -51,13 +51,14 @@ def test_the_solved_readout_equals_training_with_the_option_and_keeps_every_trai
     assert bool(with_readout.box_readout.solved)
     assert checkpoint.config["model"]["embedding_pooling"] == "box"
     assert checkpoint.config["optim"]["embedding_refit_ridge"] == RIDGE
+    assert checkpoint.config["model"]["box_readout_neck_maps"] == 3  # the default
     original = load_checkpoint(trained).model_state
     for key, tensor in original.items():
         torch.testing.assert_close(checkpoint.model_state[key], tensor, rtol=0, atol=0, msg=key)
     # the same recipe trained with the option from the start solves the same readout
     with_option = dataclasses.replace(
         config,
-        model=dataclasses.replace(config.model, embedding_pooling="box"),
+        model=dataclasses.replace(config.model, embedding_pooling="box", box_readout_neck_maps=3),
         optim=dataclasses.replace(config.optim, embedding_refit_ridge=RIDGE),
         run=dataclasses.replace(config.run, out_dir=str(tmp_path / "trained-with-box")),
     )
@@ -69,6 +70,22 @@ def test_the_solved_readout_equals_training_with_the_option_and_keeps_every_trai
         torch.testing.assert_close(
             checkpoint.model_state[key], trained_state[key], rtol=1e-4, atol=1e-5, msg=key
         )
+
+
+def test_a_readout_is_solved_again_over_other_neck_maps(centre_run, tmp_path):
+    """A checkpoint whose readout pools the stride-4 map alone takes one over all three maps:
+    the old readout (another shape) is replaced, every trained weight kept."""
+    _, trained = centre_run
+    one_map = tmp_path / "one-map.pt"
+    assert main(["--checkpoint", str(trained), "--out", str(one_map), "--neck-maps", "1", "--quiet"]) == 0
+    three_maps = tmp_path / "three-maps.pt"
+    assert main(["--checkpoint", str(one_map), "--out", str(three_maps), "--quiet"]) == 0
+    narrow, _ = load_student(one_map)
+    wide, checkpoint = load_student(three_maps)
+    assert checkpoint.config["model"]["box_readout_neck_maps"] == 3
+    assert wide.box_readout.output.in_features > narrow.box_readout.output.in_features
+    for key, tensor in load_checkpoint(trained).model_state.items():
+        torch.testing.assert_close(checkpoint.model_state[key], tensor, rtol=0, atol=0, msg=key)
 
 
 def test_an_existing_out_is_never_overwritten(centre_run, tmp_path, capsys):

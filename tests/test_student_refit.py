@@ -62,10 +62,10 @@ def test_the_refit_is_refused_where_it_would_fit_the_wrong_thing(tmp_path):
         OptimConfig(embedding_refit_ridge=0.0)
 
 
-@pytest.mark.parametrize("pooling", ["centre", "box"])
-def test_training_ends_with_the_refit_head_in_the_last_checkpoint(tmp_path, pets_dir, pooling):
+@pytest.mark.parametrize(("pooling", "neck_maps"), [("centre", 1), ("box", 1), ("box", 3)])
+def test_training_ends_with_the_refit_head_in_the_last_checkpoint(tmp_path, pets_dir, pooling, neck_maps):
     shards = write_pets_shard_dir(tmp_path / "shards", pets_dir)
-    model = small_centernet(embedding_pooling=pooling, embedding_dim=16)
+    model = small_centernet(embedding_pooling=pooling, embedding_dim=16, box_readout_neck_maps=neck_maps)
     config = TrainConfig(
         model=model,
         data=DataConfig(train=(ShardSource(directory=str(shards), frames=(100, 250)),)),

@@ -33,6 +33,10 @@ REGRESSION_INIT_STD = 1e-3
 BOX_POOLING_BINS = (4, 2)
 # bilinear samples per bin side when averaging a bin
 BOX_POOLING_SAMPLES = 2
+# the neck's coarser maps a box readout may also pool (model.box_readout_neck_maps), finest
+# first, with their grids: (stride, (rows, columns)). A person 25 px tall spans one or two
+# stride-16 cells, so that map gets the top and bottom halves only.
+COARSE_POOLING = ((8, (4, 2)), (16, (2, 1)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,8 @@ class CenterNetOutputs:
     stride: int = OUTPUT_STRIDE
     image_size: tuple[int, int] = (0, 0)  # (height, width) of the input batch
     box_readout: BoxPooledEmbeddingHead | None = dataclasses.field(default=None, repr=False)
+    # the neck's stride-8 (and stride-16) maps, finest first, where the box readout pools them
+    coarse_features: tuple[Tensor, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def map_size(self) -> tuple[int, int]:
@@ -81,7 +87,9 @@ class CenterNetOutputs:
         x1, y1, x2, y2 in input pixels: the box readout's where the model has one, otherwise
         the head's (:meth:`cell_embeddings`)."""
         if self.box_readout is not None:
-            return self.box_readout.at_boxes(self.features, image_index, cell_index, boxes, self.stride)
+            return self.box_readout.at_boxes(
+                self.features, image_index, cell_index, boxes, self.stride, self.coarse_features
+            )
         return self.cell_embeddings(image_index, cell_index)
 
     def readout_inputs(self, image_index: Tensor, cell_index: Tensor, boxes: Tensor) -> Tensor:
@@ -90,7 +98,9 @@ class CenterNetOutputs:
         if self.embedding_head is None:
             raise ValueError("this model has no embedding head")
         if self.box_readout is not None:
-            return self.box_readout.readout_inputs(self.features, image_index, cell_index, boxes, self.stride)
+            return self.box_readout.readout_inputs(
+                self.features, image_index, cell_index, boxes, self.stride, self.coarse_features
+            )
         return self.embedding_head.readout_inputs(self.features, image_index, cell_index)
 
 
@@ -195,41 +205,72 @@ def _bin_fractions(count: int, like: Tensor) -> Tensor:
 
 class BoxPooledEmbeddingHead(nn.Module):
     """The embedding read from the whole object: one linear layer over the centre 3x3 window
-    and the map averaged over a grid of the box's cells (:func:`box_bins`).
+    and the map averaged over a grid of the box's cells (:func:`box_bins`), and with
+    ``coarse_channels`` also over a grid of the neck's stride-8 (and stride-16) maps
+    (``COARSE_POOLING``).
 
     The teacher embeds the whole crop; the centre window alone sees the torso of a small
-    person but not its head or legs. The layer is not trained by SGD: it is solved by least
-    squares against the teacher once training ends (:mod:`student.refit`), on the features
-    the L2-trained centre head shaped. Evaluated only at the objects asked for, like
-    :meth:`CenterHead.at_cells`.
+    person but not its head or legs. The stride-4 map the heads read is shaped mostly by
+    detection; the coarser maps hold more of the backbone's appearance channels (wider,
+    and one upsampling step nearer C4 and C5). The layer is not trained by SGD: it is
+    solved by least squares against the teacher once training ends (:mod:`student.refit`),
+    on the features the L2-trained centre head shaped. Evaluated only at the objects asked
+    for, like :meth:`CenterHead.at_cells`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, coarse_channels: tuple[int, ...] = ()) -> None:
         super().__init__()
+        if len(coarse_channels) > len(COARSE_POOLING):
+            raise ValueError(f"a box readout pools at most {len(COARSE_POOLING)} coarser maps")
         rows, columns = BOX_POOLING_BINS
-        self.output = nn.Linear(in_channels * (9 + rows * columns), out_channels)
+        inputs = in_channels * (9 + rows * columns)
+        for channels, (_, (coarse_rows, coarse_columns)) in zip(
+            coarse_channels, COARSE_POOLING, strict=False
+        ):
+            inputs += channels * coarse_rows * coarse_columns
+        self.coarse_maps = len(coarse_channels)
+        self.output = nn.Linear(inputs, out_channels)
         nn.init.normal_(self.output.weight, std=REGRESSION_INIT_STD)
         nn.init.zeros_(self.output.bias)
         # saved with the weights, so that a checkpoint from before the solve can be refused
         self.register_buffer("solved", torch.zeros((), dtype=torch.bool))
 
     def readout_inputs(
-        self, features: Tensor, image_index: Tensor, cell_index: Tensor, boxes: Tensor, stride: int
+        self,
+        features: Tensor,
+        image_index: Tensor,
+        cell_index: Tensor,
+        boxes: Tensor,
+        stride: int,
+        coarse_features: tuple[Tensor, ...] = (),
     ) -> Tensor:
-        """(K, C * (9 + bins)): what the output layer reads for each object."""
-        return torch.cat(
-            [
-                centre_windows(features, image_index, cell_index),
-                box_bins(features, image_index, boxes, stride),
-            ],
-            dim=1,
-        )
+        """(K, F): what the output layer reads for each object centred at cell ``cell_index``
+        with ``boxes`` (input pixels); ``coarse_features`` are the neck's stride-8 (and 16)
+        maps, finest first, as many as the head was built for."""
+        if len(coarse_features) != self.coarse_maps:
+            raise ValueError(
+                f"this box readout pools {self.coarse_maps} coarser maps, got {len(coarse_features)}"
+            )
+        parts = [
+            centre_windows(features, image_index, cell_index),
+            box_bins(features, image_index, boxes, stride),
+        ]
+        for coarse, (coarse_stride, bins) in zip(coarse_features, COARSE_POOLING, strict=False):
+            parts.append(box_bins(coarse.to(features.dtype), image_index, boxes, coarse_stride, bins))
+        return torch.cat(parts, dim=1)
 
     def at_boxes(
-        self, features: Tensor, image_index: Tensor, cell_index: Tensor, boxes: Tensor, stride: int
+        self,
+        features: Tensor,
+        image_index: Tensor,
+        cell_index: Tensor,
+        boxes: Tensor,
+        stride: int,
+        coarse_features: tuple[Tensor, ...] = (),
     ) -> Tensor:
         """(K, out_channels) for objects centred at cells ``cell_index`` with ``boxes`` (input pixels)."""
-        return self.output(self.readout_inputs(features, image_index, cell_index, boxes, stride))
+        inputs = self.readout_inputs(features, image_index, cell_index, boxes, stride, coarse_features)
+        return self.output(inputs)
 
 
 def _bilinear_upsampling_(deconv: nn.ConvTranspose2d) -> None:
@@ -287,11 +328,17 @@ class UpsamplingBackbone(nn.Module):
         self.out_channels = widths[2]
 
     def forward(self, images: Tensor) -> Tensor:
+        return self.neck_maps(images)[-1]
+
+    def neck_maps(self, images: Tensor) -> list[Tensor]:
+        """The neck's maps at strides 16, 8 and 4 (the last is what :meth:`forward` returns)."""
         maps = self.body(images)
         x = maps["C5"]
+        outputs = []
         for step, lateral in zip(self.steps, ("C4", "C3", "C2"), strict=True):
             x = step(x, maps[lateral])
-        return x
+            outputs.append(x)
+        return outputs
 
 
 class CenterNetDetector(nn.Module):
@@ -323,7 +370,10 @@ class CenterNetDetector(nn.Module):
         if config.has_embedding_head:
             self.embedding_head = CenterHead(channels, config.embedding_head_width, config.embedding_dim)
         if config.has_embedding_head and config.embedding_pooling == "box":
-            self.box_readout = BoxPooledEmbeddingHead(channels, config.embedding_dim).requires_grad_(False)
+            coarse_channels = tuple(reversed(config.neck_channels[:-1]))[: config.box_readout_neck_maps - 1]
+            self.box_readout = BoxPooledEmbeddingHead(
+                channels, config.embedding_dim, coarse_channels
+            ).requires_grad_(False)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1), persistent=False)
 
@@ -332,7 +382,11 @@ class CenterNetDetector(nn.Module):
         (default: ``config.dense_embeddings``), otherwise at the cells the reader asks for."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        features = self.backbone((images - self.pixel_mean) / self.pixel_std)
+        neck_maps = self.backbone.neck_maps((images - self.pixel_mean) / self.pixel_std)
+        features = neck_maps[-1]
+        coarse_features: tuple[Tensor, ...] = ()
+        if self.box_readout is not None and self.box_readout.coarse_maps:
+            coarse_features = tuple(reversed(neck_maps[:-1]))[: self.box_readout.coarse_maps]
         reid_features = features
         if self.reciprocal_network is not None:
             features, reid_features = self.reciprocal_network(features)
@@ -353,4 +407,5 @@ class CenterNetDetector(nn.Module):
             stride=OUTPUT_STRIDE,
             image_size=(images.shape[-2], images.shape[-1]),
             box_readout=self.box_readout,
+            coarse_features=coarse_features,
         )
