@@ -37,6 +37,11 @@ def coordinate_map(height: int, width: int, stride: int = STRIDE) -> torch.Tenso
     return torch.stack([columns, rows])[None]
 
 
+def embed(head: BoxPooledEmbeddingHead, *inputs) -> torch.Tensor:
+    """The readout's embeddings: its output layer over what it reads."""
+    return head.output(head.readout_inputs(*inputs))
+
+
 def test_box_bins_average_each_bin_of_the_box_and_read_zero_outside_the_map():
     features = coordinate_map(8, 12)
     boxes = torch.tensor([[8.0, 4.0, 24.0, 28.0], [4.0, 6.0, 12.0, 30.0]])  # samples between cell centres
@@ -60,13 +65,11 @@ def test_the_head_reads_each_objects_own_image_and_box():
     features = torch.randn(2, 3, 8, 12)
     box = torch.tensor([[8.0, 4.0, 24.0, 28.0]])
     cell = torch.tensor([3 * 12 + 4])
-    first = head.at_boxes(features, torch.tensor([0]), cell, box, STRIDE)
-    second = head.at_boxes(features, torch.tensor([1]), cell, box, STRIDE)
-    both = head.at_boxes(
-        features, torch.tensor([1, 0]), torch.cat([cell, cell]), torch.cat([box, box]), STRIDE
-    )
+    first = embed(head, features, torch.tensor([0]), cell, box, STRIDE)
+    second = embed(head, features, torch.tensor([1]), cell, box, STRIDE)
+    both = embed(head, features, torch.tensor([1, 0]), torch.cat([cell, cell]), torch.cat([box, box]), STRIDE)
     torch.testing.assert_close(both, torch.cat([second, first]))
-    wider = head.at_boxes(features, torch.tensor([0]), cell, torch.tensor([[0.0, 4.0, 40.0, 28.0]]), STRIDE)
+    wider = embed(head, features, torch.tensor([0]), cell, torch.tensor([[0.0, 4.0, 40.0, 28.0]]), STRIDE)
     assert not torch.allclose(wider, first)  # same centre cell, another box: another embedding
     # the centre window is the one the FairMOT head reads
     windows = centre_windows(features, torch.tensor([0]), cell)
@@ -117,8 +120,14 @@ def test_detections_are_embedded_from_the_neck_maps_the_readout_was_built_for(ne
     assert [coarse.shape[1] for coarse in outputs.coarse_features] == [40, 48][: neck_maps - 1]
     assert [m.shape[1] for m in neck] == [48, 40, 32]
     index = torch.zeros_like(detections.anchor_indices)
-    expected = model.box_readout.at_boxes(
-        outputs.features, index, detections.anchor_indices, detections.boxes, STRIDE, outputs.coarse_features
+    expected = embed(
+        model.box_readout,
+        outputs.features,
+        index,
+        detections.anchor_indices,
+        detections.boxes,
+        STRIDE,
+        outputs.coarse_features,
     )
     torch.testing.assert_close(detections.embeddings, torch.nn.functional.normalize(expected, dim=1))
     without_coarse = BoxPooledEmbeddingHead(32, config.embedding_dim)
@@ -171,8 +180,8 @@ def test_sgd_trains_the_centre_head_and_detections_are_embedded_by_the_box_reado
     for image, found in enumerate(detections):
         assert found.embeddings.shape == (len(found.boxes), config.embedding_dim)
         index = torch.full_like(found.anchor_indices, image)
-        expected = model.box_readout.at_boxes(
-            outputs.features, index, found.anchor_indices, found.boxes, STRIDE
+        expected = embed(
+            model.box_readout, outputs.features, index, found.anchor_indices, found.boxes, STRIDE
         )
         torch.testing.assert_close(found.embeddings, torch.nn.functional.normalize(expected, dim=1))
         head = outputs.cell_embeddings(index, found.anchor_indices)

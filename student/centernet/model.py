@@ -87,9 +87,7 @@ class CenterNetOutputs:
         x1, y1, x2, y2 in input pixels: the box readout's where the model has one, otherwise
         the head's (:meth:`cell_embeddings`)."""
         if self.box_readout is not None:
-            return self.box_readout.at_boxes(
-                self.features, image_index, cell_index, boxes, self.stride, self.coarse_features
-            )
+            return self.box_readout.output(self.readout_inputs(image_index, cell_index, boxes))
         return self.cell_embeddings(image_index, cell_index)
 
     def readout_inputs(self, image_index: Tensor, cell_index: Tensor, boxes: Tensor) -> Tensor:
@@ -215,7 +213,7 @@ class BoxPooledEmbeddingHead(nn.Module):
     and one upsampling step nearer C4 and C5). The layer is not trained by SGD: it is
     solved by least squares against the teacher once training ends (:mod:`student.refit`),
     on the features the L2-trained centre head shaped. Evaluated only at the objects asked
-    for, like :meth:`CenterHead.at_cells`.
+    for, like :meth:`CenterHead.at_cells`: ``output(readout_inputs(...))``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, coarse_channels: tuple[int, ...] = ()) -> None:
@@ -258,19 +256,6 @@ class BoxPooledEmbeddingHead(nn.Module):
         for coarse, (coarse_stride, bins) in zip(coarse_features, COARSE_POOLING, strict=False):
             parts.append(box_bins(coarse.to(features.dtype), image_index, boxes, coarse_stride, bins))
         return torch.cat(parts, dim=1)
-
-    def at_boxes(
-        self,
-        features: Tensor,
-        image_index: Tensor,
-        cell_index: Tensor,
-        boxes: Tensor,
-        stride: int,
-        coarse_features: tuple[Tensor, ...] = (),
-    ) -> Tensor:
-        """(K, out_channels) for objects centred at cells ``cell_index`` with ``boxes`` (input pixels)."""
-        inputs = self.readout_inputs(features, image_index, cell_index, boxes, stride, coarse_features)
-        return self.output(inputs)
 
 
 def _bilinear_upsampling_(deconv: nn.ConvTranspose2d) -> None:
